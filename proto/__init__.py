@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for the wire contract in ``proto/attribution/v1``."""

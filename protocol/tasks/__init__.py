@@ -1,0 +1,13 @@
+"""Tasks: everything both parties share (data, model, recipe, output function, targets, p)."""
+
+from protocol.tasks.base import RetrainResult, Task, TaskIdentity
+from protocol.tasks.registry import available_tasks, load_task, parse_selector
+
+__all__ = [
+    "RetrainResult",
+    "Task",
+    "TaskIdentity",
+    "available_tasks",
+    "load_task",
+    "parse_selector",
+]

@@ -1,0 +1,1 @@
+"""The Prover: retrains, estimates a datamodel, answers challenges."""

@@ -1,0 +1,254 @@
+"""Precompute the prover's datamodel: retrain seeded B_p subsets (resumably), fit, store.
+
+The training samples are a pure function of ``sample_seed``: sample j (j = 0 … K−1) has subset
+``bernoulli_masks(stream_key("datamodel-samples", sample_seed), [j], N, p)`` and training seed
+``derive_seed(stream_key("datamodel-train-seed", sample_seed), j)``. Every retraining goes through
+:meth:`prover.store.ResultStore.retrain_cached`, so a killed run resumes where it stopped (losing
+at most the batch in flight) and a finished run costs no retraining when repeated.
+
+Command line::
+
+    python -m prover.precompute --task SELECTOR --store PATH --samples K \
+        [--sample-seed HEX] [--batch-size B] [--method auto|ols|ridge|lasso] \
+        [--no-progress] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from protocol.progress import retraining_progress
+from protocol.tasks.base import Task
+from prover.store import ResultStore
+
+log = logging.getLogger("prover")
+
+#: Name under which the precomputed datamodel is saved in the store.
+DATAMODEL_NAME = "default"
+#: Default sample seed (matches ``prover.cli.DEFAULT_SAMPLE_SEED``).
+DEFAULT_SAMPLE_SEED_HEX = "00" * 32
+
+
+@dataclass(frozen=True)
+class PrecomputeReport:
+    """What one :func:`precompute` run did."""
+
+    task_hash: str
+    num_samples: int
+    sample_seed: str  #: hex
+    retrained: int  #: models trained by this run
+    reused: int  #: samples served from the store
+    wall_s: float  #: whole run, including the fit
+    retrain_s: float  #: time spent retraining and storing
+    fit_s: float
+    models_per_s: float  #: retrained / retrain_s (0 when nothing was retrained)
+    method: str  #: the method the fit actually used
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """The report as one line of JSON."""
+        return json.dumps(asdict(self), sort_keys=True, default=_jsonable)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)
+
+
+def sample_origin(sample_seed: bytes, index: int) -> str:
+    """Provenance string recorded in the store for datamodel sample ``index``."""
+    return f"datamodel:{sample_seed.hex()}:{index}"
+
+
+def sample_subsets(
+    task: Task, sample_seed: bytes, start: int, stop: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Masks (stop−start, N) bool and seeds (stop−start,) uint64 of datamodel samples start…stop−1.
+
+    A pure function of (task N and p, ``sample_seed``, index): any slice of the sample sequence
+    can be regenerated independently of the others.
+    """
+    from protocol import prg
+
+    indices = list(range(start, stop))
+    masks = prg.bernoulli_masks(
+        prg.stream_key("datamodel-samples", sample_seed), indices, task.num_train_points, task.p
+    )
+    seed_key = prg.stream_key("datamodel-train-seed", sample_seed)
+    seeds = np.array([prg.derive_seed(seed_key, j) for j in indices], dtype=np.uint64)
+    return np.asarray(masks, dtype=bool), seeds
+
+
+def precompute(
+    task: Task,
+    store: ResultStore,
+    num_samples: int,
+    sample_seed: bytes,
+    *,
+    batch_size: int = 256,
+    progress: bool = True,
+    method: str = "auto",
+) -> PrecomputeReport:
+    """Retrain datamodel samples 0…num_samples−1 (reusing stored ones), fit, save as "default".
+
+    Guarantees: samples are reproducible from ``sample_seed``; each finished batch is committed
+    before the next starts, so after a kill a rerun retrains only the rows that were not yet
+    committed; a rerun of a finished precompute retrains nothing and refits the same data, so it
+    saves the same datamodel. The datamodel is saved with ``sample_seed`` and ``num_samples``.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not sample_seed:
+        raise ValueError("sample_seed must not be empty")
+    task_hash = task.identity().task_hash
+    t0 = time.monotonic()
+    masks_parts: list[np.ndarray] = []
+    f_parts: list[np.ndarray] = []
+    retrained = reused = 0
+    description = f"retraining {task.selector}"
+    with retraining_progress(num_samples, description, enabled=progress) as advance:
+        for start in range(0, num_samples, batch_size):
+            stop = min(start + batch_size, num_samples)
+            masks, seeds = sample_subsets(task, sample_seed, start, stop)
+            origins = [sample_origin(sample_seed, j) for j in range(start, stop)]
+            result = store.retrain_cached(
+                task, masks, seeds, origins, batch_size=batch_size, progress=advance
+            )
+            retrained += store.last_retrained
+            reused += store.last_reused
+            masks_parts.append(masks)
+            f_parts.append(np.asarray(result.f, dtype=np.float64))
+    t1 = time.monotonic()
+
+    from prover.datamodel import fit_datamodel
+
+    model = fit_datamodel(np.concatenate(masks_parts), np.concatenate(f_parts), method=method)
+    store.save_datamodel(
+        task_hash,
+        DATAMODEL_NAME,
+        intercepts=model.intercepts,
+        coefficients=model.coefficients,
+        method=model.method,
+        num_samples=model.num_samples,
+        diagnostics=model.diagnostics,
+        sample_seed=sample_seed,
+    )
+    t2 = time.monotonic()
+    retrain_s = t1 - t0
+    return PrecomputeReport(
+        task_hash=task_hash,
+        num_samples=num_samples,
+        sample_seed=sample_seed.hex(),
+        retrained=retrained,
+        reused=reused,
+        wall_s=t2 - t0,
+        retrain_s=retrain_s,
+        fit_s=t2 - t1,
+        models_per_s=retrained / retrain_s if retrained and retrain_s > 0 else 0.0,
+        method=model.method,
+        diagnostics=dict(model.diagnostics),
+    )
+
+
+def _hex_seed(text: str) -> bytes:
+    try:
+        seed = bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be hex, got {text!r}") from None
+    if not seed:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return seed
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m prover.precompute`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="python -m prover.precompute",
+        description="Retrain seeded datamodel samples (resumably) and fit the prover's datamodel.",
+    )
+    p.add_argument("--task", required=True, help="task selector NAME[:k=v,...] or a task file")
+    p.add_argument("--store", required=True, help="SQLite result store (created if missing)")
+    p.add_argument("--samples", required=True, type=_positive_int, help="number of samples K")
+    p.add_argument(
+        "--sample-seed",
+        type=_hex_seed,
+        default=bytes.fromhex(DEFAULT_SAMPLE_SEED_HEX),
+        help="hex seed the samples are derived from (default: 32 zero bytes)",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="models per batch")
+    p.add_argument("--method", default="auto", choices=["auto", "ols", "ridge", "lasso"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a precompute from the command line. Returns 0 on success, 2 on any error."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help, 2 for bad arguments
+        return int(exc.code or 0)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        from protocol.tasks import load_task
+
+        task = load_task(args.task)
+        with ResultStore(args.store) as store:
+            report = precompute(
+                task,
+                store,
+                args.samples,
+                args.sample_seed,
+                batch_size=args.batch_size,
+                progress=not args.no_progress,
+                method=args.method,
+            )
+    except (ValueError, OSError) as exc:
+        print(f"precompute: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "precompute: interrupted; finished batches are stored, rerun to resume", file=sys.stderr
+        )
+        return 130
+    if args.json:
+        print(report.to_json(), flush=True)
+    else:
+        print(
+            f"datamodel {report.method} on {report.num_samples} samples for task "
+            f"{report.task_hash[:16]}: {report.retrained} retrained, {report.reused} reused, "
+            f"{report.wall_s:.1f}s ({report.models_per_s:.1f} models/s); stored in {args.store}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

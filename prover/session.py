@@ -1,0 +1,270 @@
+"""One verifier session on the prover side: a small state machine over the four protocol steps.
+
+This module is plain Python (no grpc): the servicer is a thin adapter around it, and tests drive
+it directly. Every incoming and outgoing message is appended to the session's transcript.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from enum import Enum
+
+import numpy as np
+
+from proto.attribution.v1 import attribution_pb2 as pb
+from protocol import PROTOCOL_VERSION
+from protocol.challenges import ChallengeSpec
+from protocol.tasks.base import Task
+from protocol.transcript import Transcript
+from prover.strategy import Answers, HonestStrategy
+
+log = logging.getLogger("prover")
+
+#: Upper bound on the number of coupled tuples one session may ask for (4 members each).
+MAX_TUPLES = 5_000_000
+#: Values per streamed chunk, keeping each message far below gRPC's size limit.
+CHUNK_VALUES = 65_536
+
+
+class ProtocolFault(Exception):
+    """A request the prover refuses; ``code`` names the gRPC status the servicer should use."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class State(Enum):
+    """Where a session is in the protocol."""
+
+    GREETED = "greeted"
+    COMMITTED = "committed"
+    OPENED = "opened"
+    FINISHED = "finished"
+
+
+class ProverSession:
+    """State of one verifier session. Methods raise ``ProtocolFault`` on out-of-order calls."""
+
+    def __init__(self, task: Task, strategy: HonestStrategy, hello: pb.HelloRequest) -> None:
+        self.id = uuid.uuid4().hex
+        self.task = task
+        self.strategy = strategy
+        self.state = State.GREETED
+        self.answers: Answers | None = None
+        self.transcript = Transcript()
+        self.lock = threading.Lock()
+        self.last_activity = time.monotonic()
+        self.transcript.append_message("v2p", hello)
+
+    def _touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def hello_reply(self, prover_info: str) -> pb.HelloReply:
+        """The reply to Hello: our task identity and the new session id."""
+        ident = self.task.identity()
+        reply = pb.HelloReply(
+            protocol_version=PROTOCOL_VERSION,
+            task=pb.TaskIdentity(
+                selector=ident.selector,
+                task_hash=ident.task_hash,
+                spec_hash=ident.spec_hash,
+                data_hash=ident.data_hash,
+                canonical_spec=ident.canonical_spec,
+            ),
+            session_id=self.id,
+            prover_info=prover_info,
+        )
+        self.transcript.append_message("p2v", reply)
+        return reply
+
+    def commit(self, request: pb.ChallengeRequest) -> Iterator[pb.CommitChunk]:
+        """Answer the challenge: stream the attribution, every f-value, then the Merkle root.
+
+        The whole answer is computed and committed before the first chunk is sent, so nothing
+        sent later can depend on the spot-check set.
+        """
+        with self.lock:
+            if self.state is not State.GREETED:
+                raise ProtocolFault(
+                    "FAILED_PRECONDITION",
+                    f"Commit is allowed once, right after Hello; session is {self.state.value}",
+                )
+            spec = self._parse_challenge(request)
+            self.transcript.append_message("v2p", request)
+            self._touch()
+            started = time.monotonic()
+            answers = self.strategy.answer(spec)
+            self.answers = answers
+            self.state = State.COMMITTED
+            log.info(
+                "session %s: answered %d challenge members (%d retrained now) in %.2fs; root %s",
+                self.id[:8],
+                spec.num_members,
+                answers.retrainings,
+                time.monotonic() - started,
+                answers.tree.root.hex()[:16],
+            )
+        chunks = list(self._commit_chunks(answers))
+        for chunk in chunks:
+            self.transcript.append_message("p2v", chunk)
+        self._touch()
+        yield from chunks
+
+    def _parse_challenge(self, request: pb.ChallengeRequest) -> ChallengeSpec:
+        if request.session_id != self.id:
+            raise ProtocolFault("INVALID_ARGUMENT", "challenge names a different session id")
+        if request.num_tuples < 1 or request.num_tuples > MAX_TUPLES:
+            raise ProtocolFault(
+                "INVALID_ARGUMENT",
+                f"num_tuples must be in [1, {MAX_TUPLES}], got {request.num_tuples}",
+            )
+        try:
+            return ChallengeSpec(
+                public_seed=bytes(request.public_seed),
+                num_tuples=int(request.num_tuples),
+                rho=float(request.rho),
+                num_train_points=self.task.num_train_points,
+                p=self.task.p,
+            )
+        except ValueError as exc:
+            raise ProtocolFault("INVALID_ARGUMENT", f"bad challenge: {exc}") from exc
+
+    def _commit_chunks(self, answers: Answers) -> Iterator[pb.CommitChunk]:
+        attribution = self.strategy.attribution()
+        coefficients = np.asarray(attribution.coefficients, dtype=np.float64)
+        for target in range(coefficients.shape[0]):
+            row = coefficients[target]
+            for offset in range(0, max(len(row), 1), CHUNK_VALUES):
+                yield pb.CommitChunk(
+                    attribution=pb.AttributionPart(
+                        target=target,
+                        intercept=float(attribution.intercepts[target]),
+                        offset=offset,
+                        coefficients=row[offset : offset + CHUNK_VALUES].tolist(),
+                    )
+                )
+        f_values = np.asarray(answers.f_values, dtype=np.float64)
+        rows = max(1, CHUNK_VALUES // max(1, f_values.shape[1]))
+        for first in range(0, len(f_values), rows):
+            block = f_values[first : first + rows]
+            yield pb.CommitChunk(
+                f_values=pb.FValuesPart(
+                    first_index=first, count=len(block), values=block.ravel().tolist()
+                )
+            )
+        yield pb.CommitChunk(
+            root=pb.CommitmentRoot(
+                merkle_root=answers.tree.root,
+                num_leaves=len(f_values),
+                prover_retrainings=self.prover_retrainings(),
+            )
+        )
+
+    def prover_retrainings(self) -> int:
+        """Retrainings the prover's answer rests on: challenge members plus datamodel samples."""
+        members = 0 if self.answers is None else len(self.answers.f_values)
+        return members + int(self.strategy.attribution().num_samples)
+
+    def open(self, request: pb.OpenRequest) -> Iterator[pb.Opening]:
+        """Open the requested leaves (the revealed spot-check set C) with inclusion proofs."""
+        with self.lock:
+            if self.state is not State.COMMITTED or self.answers is None:
+                raise ProtocolFault(
+                    "FAILED_PRECONDITION",
+                    f"Open is allowed once, after Commit; session is {self.state.value}",
+                )
+            if request.session_id != self.id:
+                raise ProtocolFault("INVALID_ARGUMENT", "open request names a different session")
+            indices = list(request.indices)
+            n = len(self.answers.f_values)
+            bad = [i for i in indices if i >= n]
+            if bad:
+                raise ProtocolFault("OUT_OF_RANGE", f"open index {bad[0]} out of range (|E| = {n})")
+            if len(set(indices)) != len(indices):
+                raise ProtocolFault("INVALID_ARGUMENT", "open request repeats an index")
+            self.transcript.append_message("v2p", request)
+            answers = self.answers
+            self.state = State.OPENED
+            self._touch()
+        log.info("session %s: opening %d spot-checked leaves", self.id[:8], len(indices))
+        for index in indices:
+            data = self.strategy.open(answers, int(index))
+            msg = pb.Opening(
+                index=data.index,
+                seed=data.seed,
+                f_values=np.asarray(data.f_values, dtype=np.float64).tolist(),
+                weights_digest=data.weights_digest,
+                proof=list(data.proof),
+            )
+            self.transcript.append_message("p2v", msg)
+            yield msg
+        self._touch()
+
+    def finish(self, request: pb.FinishRequest) -> pb.FinishReply:
+        """Record the verifier's verdict and return the prover's transcript hash."""
+        with self.lock:
+            self.transcript.append_message("v2p", request)
+            self.state = State.FINISHED
+            reply = pb.FinishReply(transcript_hash=self.transcript.digest)
+        match = bytes(request.transcript_hash) == reply.transcript_hash
+        log.info(
+            "session %s: finished, verifier says %s; transcripts %s",
+            self.id[:8],
+            request.verdict or "(no verdict)",
+            "agree" if match else "differ",
+        )
+        return reply
+
+
+class SessionRegistry:
+    """Live sessions by id, bounded in number and expiring after ``ttl_s`` of inactivity."""
+
+    def __init__(self, max_sessions: int = 16, ttl_s: float = 600.0) -> None:
+        self.max_sessions = max_sessions
+        self.ttl_s = ttl_s
+        self._sessions: dict[str, ProverSession] = {}
+        self._lock = threading.Lock()
+
+    def add(self, session: ProverSession) -> None:
+        """Register a session; raises ``ProtocolFault(RESOURCE_EXHAUSTED)`` when full."""
+        with self._lock:
+            self._expire_locked()
+            if len(self._sessions) >= self.max_sessions:
+                raise ProtocolFault(
+                    "RESOURCE_EXHAUSTED",
+                    f"prover is serving its maximum of {self.max_sessions} sessions; retry later",
+                )
+            self._sessions[session.id] = session
+
+    def get(self, session_id: str) -> ProverSession:
+        """The live session with this id, or ``ProtocolFault(NOT_FOUND)``."""
+        with self._lock:
+            self._expire_locked()
+            session = self._sessions.get(session_id)
+        if session is None:
+            raise ProtocolFault(
+                "NOT_FOUND",
+                f"unknown or expired session {session_id[:16]!r} (the prover may have restarted)",
+            )
+        return session
+
+    def remove(self, session_id: str) -> None:
+        """Forget a session (idempotent)."""
+        with self._lock:
+            self._sessions.pop(session_id, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def _expire_locked(self) -> None:
+        now = time.monotonic()
+        for sid in [s for s, v in self._sessions.items() if now - v.last_activity > self.ttl_s]:
+            log.info("session %s: expired after %.0fs idle", sid[:8], self.ttl_s)
+            del self._sessions[sid]

@@ -1,0 +1,145 @@
+"""Prover strategies: how a prover produces its attribution, its answers and its openings.
+
+The honest strategy is the reference; adversaries in ``simulations/`` subclass it and override one
+stage (the attribution, the answers, or the openings), like TRAK's swappable pipeline stages.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from protocol import merkle
+from protocol.challenges import ChallengeSpec
+from protocol.tasks.base import Progress, RetrainResult, Task
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """A linear datamodel g(x) = c + <a, x> per target: intercepts (Z,), coefficients (Z, N)."""
+
+    intercepts: np.ndarray
+    coefficients: np.ndarray
+    method: str = "unknown"
+    num_samples: int = 0
+
+
+@dataclass
+class Answers:
+    """What the prover commits to for one challenge set E.
+
+    ``f_values`` (|E|, Z), ``seeds`` (|E|,) and ``digests`` (|E| x 32 bytes) are exactly what the
+    Merkle ``tree`` commits to, leaf i binding (i, seeds[i], f_values[i], digests[i]).
+    """
+
+    spec: ChallengeSpec
+    f_values: np.ndarray
+    seeds: np.ndarray
+    digests: list[bytes]
+    tree: merkle.MerkleTree
+    retrainings: int
+
+
+@dataclass(frozen=True)
+class OpeningData:
+    """One opened leaf: the values it binds and its Merkle inclusion proof."""
+
+    index: int
+    seed: int
+    f_values: np.ndarray
+    weights_digest: bytes
+    proof: list[bytes]
+
+
+class ChallengeRetrainer:
+    """Retrains challenge members in batches; optionally through a resumable result store."""
+
+    def __init__(
+        self,
+        task: Task,
+        store: object | None = None,
+        batch_size: int = 1024,
+        stall_s: float = 0.0,
+    ) -> None:
+        self.task = task
+        self.store = store
+        self.batch_size = batch_size
+        self.stall_s = stall_s
+
+    def retrain(
+        self, spec: ChallengeSpec, progress: Progress | None = None
+    ) -> tuple[RetrainResult, np.ndarray, int]:
+        """Retrain every member of E; return (results in member order, seeds, models trained now).
+
+        Guarantees the returned rows are in member-index order and each is a pure function of
+        (task, member subset, member seed).
+        """
+        if self.stall_s > 0:  # fault injection (tests): a prover that stalls mid-protocol
+            time.sleep(self.stall_s)
+        fs: list[np.ndarray] = []
+        digests: list[bytes] = []
+        seeds_all: list[np.ndarray] = []
+        trained = 0
+        for indices, masks, seeds in spec.iter_member_batches(self.batch_size):
+            if self.store is not None:
+                origins = [f"challenge:{spec.public_seed.hex()}:{int(i)}" for i in indices]
+                result = self.store.retrain_cached(  # type: ignore[attr-defined]
+                    self.task, masks, seeds, origins, batch_size=self.batch_size, progress=progress
+                )
+                trained += int(getattr(self.store, "last_retrained", len(indices)))
+            else:
+                result = self.task.retrain(masks, seeds, progress=progress)
+                trained += len(indices)
+            fs.append(np.asarray(result.f, dtype=np.float64))
+            digests.extend(result.weights_digests)
+            seeds_all.append(np.asarray(seeds, dtype=np.uint64))
+        merged = RetrainResult(f=np.concatenate(fs, axis=0), weights_digests=digests)
+        return merged, np.concatenate(seeds_all), trained
+
+
+class HonestStrategy:
+    """The honest prover: true retrainings, its best datamodel, faithful openings."""
+
+    label = "honest"
+    adversarial = False
+
+    def __init__(
+        self, task: Task, attribution: Attribution, retrainer: ChallengeRetrainer | None = None
+    ) -> None:
+        self.task = task
+        self._attribution = attribution
+        self.retrainer = retrainer or ChallengeRetrainer(task)
+
+    def describe(self) -> str:
+        """One line describing the strategy, for logs."""
+        return f"{self.label} prover ({self._attribution.method} datamodel)"
+
+    def attribution(self) -> Attribution:
+        """The attribution this prover claims."""
+        return self._attribution
+
+    def tamper(
+        self, spec: ChallengeSpec, f_values: np.ndarray, seeds: np.ndarray, digests: list[bytes]
+    ) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+        """Hook for adversaries: change answers before they are committed. Honest: unchanged."""
+        return f_values, seeds, digests
+
+    def answer(self, spec: ChallengeSpec, progress: Progress | None = None) -> Answers:
+        """Retrain all of E, then commit: leaves bind (index, seed, f-values, weights digest)."""
+        result, seeds, trained = self.retrainer.retrain(spec, progress)
+        f_values, seeds, digests = self.tamper(spec, result.f, seeds, list(result.weights_digests))
+        leaves = merkle.build_leaves(np.arange(len(f_values)), seeds, f_values, digests)
+        tree = merkle.MerkleTree(leaves)
+        return Answers(spec, f_values, seeds, digests, tree, trained)
+
+    def open(self, answers: Answers, index: int) -> OpeningData:
+        """Open leaf ``index`` faithfully, with its inclusion proof."""
+        return OpeningData(
+            index=index,
+            seed=int(answers.seeds[index]),
+            f_values=answers.f_values[index],
+            weights_digest=answers.digests[index],
+            proof=answers.tree.proof(index),
+        )

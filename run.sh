@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One entry point for people and CI.
+#   ./run.sh demo [TASK]   set up, start an honest prover, verify it, print the verdict
+#   ./run.sh cheat [CHEAT] same, against a cheating prover (default scale:0.5) — watch it get caught
+#   ./run.sh test          set up, check generated code and lint, run the test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+
+setup() {
+  if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+  fi
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+  local stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+  if [ ! -f "$stamp" ]; then
+    python -m pip install --quiet --upgrade pip
+    python -m pip install --quiet -e '.[dev]'
+    touch "$stamp"
+  fi
+}
+
+run_pair() {  # run_pair TASK [prover args...]
+  local task=$1; shift
+  local workdir; workdir=$(mktemp -d)
+  local log="$workdir/prover.log"
+  prover serve --task "$task" --port 0 --store "$workdir/store.sqlite3" "$@" >"$workdir/port" 2>"$log" &
+  local pid=$!
+  trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
+  for _ in $(seq 1 600); do
+    if grep -q LISTENING "$workdir/port" 2>/dev/null; then break; fi
+    if ! kill -0 $pid 2>/dev/null; then cat "$log"; echo "prover failed to start" >&2; exit 2; fi
+    sleep 0.5
+  done
+  local addr; addr=$(awk '/LISTENING/ {print $2}' "$workdir/port")
+  echo "== prover log (last lines) =="; tail -n 5 "$log"
+  echo "== verifier =="
+  set +e
+  verifier verify --prover "$addr" --task "$task" ${VERIFY_ARGS:-}
+  local rc=$?
+  set -e
+  echo "== prover log (session) =="; tail -n 6 "$log"
+  echo "verifier exit code: $rc (0 accept, 1 reject, 2 error)"
+  return $rc
+}
+
+case "${1:-}" in
+  demo)
+    setup
+    run_pair "${2:-synthetic}"
+    ;;
+  cheat)
+    setup
+    run_pair "${3:-synthetic}" --cheat "${2:-scale:0.5}" || true
+    ;;
+  test)
+    setup
+    python -m proto.generate --check
+    ruff check .
+    ruff format --check .
+    python -m pytest -q -m "not slow"
+    ;;
+  *)
+    echo "usage: ./run.sh demo [TASK] | cheat [NAME:STRENGTH] [TASK] | test" >&2
+    exit 2
+    ;;
+esac

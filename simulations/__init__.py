@@ -1,0 +1,1 @@
+"""Adversarial provers and the machinery to watch the verifier catch them."""

@@ -1,0 +1,96 @@
+"""Shared fixtures: real prover processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ProverProcess:
+    """A running ``prover serve`` subprocess."""
+
+    proc: subprocess.Popen[str]
+    address: str
+    log_path: Path
+
+    def log(self) -> str:
+        """Everything the prover has logged so far."""
+        return self.log_path.read_text()
+
+    def wait_for_log(self, needle: str, timeout_s: float = 60.0) -> None:
+        """Block until ``needle`` appears in the prover's log."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if needle in self.log():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"{needle!r} not in prover log:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig`` and wait for exit; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+
+def start_prover(tmp_path: Path, *args: str, timeout_s: float = 120.0) -> ProverProcess:
+    """Start ``prover serve --port 0`` with ``args`` and wait for its LISTENING line."""
+    log_path = tmp_path / f"prover-{time.monotonic_ns()}.log"
+    cmd = [
+        sys.executable, "-m", "prover.cli", "serve", "--port", "0", "--no-progress",
+        "--store", str(tmp_path / "store.sqlite3"), *args,
+    ]  # fmt: skip
+    log_file = log_path.open("w")
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log_file, text=True, env=os.environ.copy()
+    )
+    deadline = time.monotonic() + timeout_s
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("LISTENING"):
+            return ProverProcess(proc, line.split()[1], log_path)
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError(f"prover did not start: {log_path.read_text()}")
+
+
+def run_verifier(address: str, *args: str, timeout_s: float = 300.0) -> tuple[int, dict]:
+    """Run ``verifier verify --json`` against ``address``; returns (exit code, parsed JSON)."""
+    cmd = [sys.executable, "-m", "verifier.cli", "verify", "--prover", address, "--json", *args]
+    out = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"no JSON from verifier (rc={out.returncode}):\n{out.stdout}\n{out.stderr}"
+    return out.returncode, json.loads(lines[-1])
+
+
+@pytest.fixture
+def prover_factory(tmp_path: Path) -> Iterator:
+    """Start provers on demand; every one is stopped at teardown."""
+    started: list[ProverProcess] = []
+
+    def factory(*args: str) -> ProverProcess:
+        p = start_prover(tmp_path, *args)
+        started.append(p)
+        return p
+
+    yield factory
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait(timeout=30)

@@ -1,0 +1,1 @@
+"""The lightweight Verifier: challenges a prover, spot-checks it, and accepts or rejects."""

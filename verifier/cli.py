@@ -1,0 +1,216 @@
+"""``verifier`` console command: ``verifier verify`` and ``verifier plan``.
+
+Exit codes of ``verify``: 0 accepted, 1 rejected, 2 error (never accept on an error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from typing import Any
+
+from protocol.accounting import Plan, plan_manual, plan_theory
+from protocol.tasks import load_task
+from protocol.tasks.base import Task
+
+log = logging.getLogger("verifier")
+
+#: Above this many local retrainings the verifier refuses to start and says so.
+MAX_LOCAL_RETRAININGS = 10_000_000
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _add_plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="synthetic", help="task selector NAME[:k=v,...] or a file")
+    p.add_argument("--epsilon", type=_positive_float, default=0.2, help="ε, squared units of f")
+    p.add_argument("--delta", type=_positive_float, default=0.05, help="failure probability δ")
+    p.add_argument("--mode", choices=["theory", "manual"], default="manual")
+    p.add_argument("--pairs", type=int, default=20_000, help="manual: coupled tuples (pairs/level)")
+    p.add_argument("--spot-checks", type=int, default=64, help="manual: spot checks k")
+    p.add_argument("--mse-samples", type=int, default=4_000, help="manual: MSE sample size |M|")
+    p.add_argument("--rho", type=float, default=0.25, help="manual: correlation ρ")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for the ``verifier`` command."""
+    parser = argparse.ArgumentParser(prog="verifier", description="Verify a data attribution")
+    sub = parser.add_subparsers(dest="command", required=True)
+    verify = sub.add_parser("verify", help="verify a prover's attribution over gRPC")
+    verify.add_argument("--prover", required=True, metavar="HOST:PORT")
+    _add_plan_args(verify)
+    verify.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds per call")
+    verify.add_argument("--no-progress", action="store_true")
+    plan = sub.add_parser("plan", help="print the sizes and guarantee of a run without running it")
+    _add_plan_args(plan)
+    return parser
+
+
+def make_plan(args: argparse.Namespace, task: Task) -> Plan:
+    """The plan the arguments ask for; raises ``ValueError`` with a readable reason."""
+    if not 0 < args.delta < 1:
+        raise ValueError(f"--delta must be in (0, 1), got {args.delta}")
+    common = {
+        "epsilon": args.epsilon,
+        "delta": args.delta,
+        "output_bound": task.output_bound,
+        "tolerance": task.tolerance,
+        "num_targets": task.num_targets,
+    }
+    if args.mode == "theory":
+        return plan_theory(**common)
+    return plan_manual(
+        **common,
+        pairs_per_level=args.pairs,
+        spot_checks=args.spot_checks,
+        mse_samples=args.mse_samples,
+        rho=args.rho,
+    )
+
+
+def _plan_lines(plan: Plan, task: Task) -> list[str]:
+    b = plan.budget
+    return [
+        f"plan ({plan.mode}): ε={plan.epsilon:g} δ={plan.delta:g} b={plan.output_bound:.4g} "
+        f"τ={plan.tolerance:g} Z={plan.num_targets} N={task.num_train_points}",
+        f"  ρ={plan.rho:.4g}  pairs/level={plan.pairs_per_level}  singles={plan.singles}  "
+        f"|E|={plan.num_members}  k={plan.spot_checks}  |M|={plan.mse_samples}  "
+        f"m*={plan.lie_allowance}",
+        f"  budget: fit bias ≤ {b['fit_bias']:.4g}, residual ±{b['residual_halfwidth']:.4g}, "
+        f"lies ≤ {b['lie_effect']:.4g}, τ charge {b['tau_charge']:.4g}, "
+        f"MSE ±{b['mse_halfwidth_planned']:.4g} (if |g| ≤ b)",
+        f"  certified ε at these sizes: {b['epsilon_certified']:.4g} "
+        f"({'meets' if plan.guarantee_met else 'does NOT meet'} the requested ε={plan.epsilon:g})",
+        f"  retrainings: verifier {plan.verifier_retrainings}, prover ≥ {plan.prover_retrainings}",
+    ]
+
+
+def _print_result(result: Any, plan: Plan, task: Task) -> None:
+    for line in _plan_lines(plan, task):
+        print(line)
+    print(f"verdict: {result.verdict.upper()}")
+    print(f"reason:  {result.reason}")
+    if result.mse_hat is not None:
+        dec = result.details.get("decision", {})
+        thr = dec.get("threshold", [])
+        for t, (m, r) in enumerate(zip(result.mse_hat, result.residual_hat, strict=True)):
+            extra = f" ≤? threshold {thr[t]:.5g}" if t < len(thr) else ""
+            print(f"  target {t}: msê={m:.5g}  B̂≥2={r:.5g}{extra}")
+        cert = dec.get("epsilon_certified")
+        if cert is not None:
+            print(f"  certified ε (with the claimed datamodel's range): {max(cert):.4g}")
+    spot = result.details.get("spot_check")
+    if spot:
+        print(
+            f"  spot checks: {spot['spot_checks']} passed, max |diff| {spot['max_abs_diff']:.3g} "
+            f"(τ = {spot['tolerance']:g})"
+        )
+    v, p = result.verifier_retrainings, result.prover_retrainings
+    ratio = f" (prover ÷ verifier = {p / v:.1f})" if v else ""
+    print(f"retrainings: verifier {v}, prover {p}{ratio}")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from verifier.client import run_verification
+    from verifier.session import VerifierSession
+
+    task = load_task(args.task)
+    plan = make_plan(args, task)
+    if plan.verifier_retrainings > MAX_LOCAL_RETRAININGS or plan.num_members > 4 * 5_000_000:
+        raise ValueError(
+            f"{plan.mode} mode needs {plan.verifier_retrainings} verifier retrainings and "
+            f"|E| = {plan.num_members}; that is not runnable here — use --mode manual "
+            "(see `verifier plan`)"
+        )
+    session = VerifierSession(task, plan, selector=args.task)
+    progress_ctx = None
+    advance = None
+    if not args.no_progress and not args.json:
+        from protocol.progress import retraining_progress
+
+        progress_ctx = retraining_progress(plan.verifier_retrainings, "verifier retraining")
+        advance = progress_ctx.__enter__()
+    try:
+        result = run_verification(session, args.prover, timeout_s=args.timeout, progress=advance)
+    finally:
+        if progress_ctx is not None:
+            progress_ctx.__exit__(None, None, None)
+    if args.json:
+        print(json.dumps(result.to_dict(), default=_json_default))
+    else:
+        _print_result(result, plan, task)
+    return result.exit_code
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, bytes):
+        return obj.hex()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    task = load_task(args.task)
+    plans = {"theory": None, "manual": None}
+    for mode in plans:
+        args.mode = mode
+        try:
+            plans[mode] = make_plan(args, task)
+        except ValueError as exc:
+            plans[mode] = exc  # type: ignore[assignment]
+    if args.json:
+        out = {
+            mode: (p.to_dict() if isinstance(p, Plan) else {"error": str(p)})
+            for mode, p in plans.items()
+        }
+        print(json.dumps(out, default=_json_default))
+        return 0
+    for mode, p in plans.items():
+        if isinstance(p, Plan):
+            for line in _plan_lines(p, task):
+                print(line)
+        else:
+            print(f"plan ({mode}): not available: {p}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for the ``verifier`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s verifier %(levelname)s %(message)s"
+    )
+    try:
+        if args.command == "verify":
+            return _verify(args)
+        return _plan(args)
+    except ValueError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"verdict": "error", "reason": str(exc)}))
+        else:
+            print(f"verifier: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("verifier: interrupted; no verdict", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
