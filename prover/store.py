@@ -66,8 +66,7 @@ CREATE TABLE datamodels (
 );
 CREATE VIEW retrainings_v AS
     SELECT t.task_hash, hex(r.subset_digest) AS subset_digest,
-           CASE WHEN r.train_seed < 0 THEN r.train_seed + 18446744073709551616.0
-                ELSE r.train_seed END AS train_seed_u64,
+           printf('%016x', r.train_seed) AS train_seed_hex,
            r.origin, length(r.f_values) / 8 AS num_targets, hex(r.weights_digest) AS weights_digest,
            r.grad_norm, datetime(r.created, 'unixepoch') AS created
     FROM retrainings r JOIN tasks t USING (task_id);
@@ -425,9 +424,9 @@ class ResultStore:
         Missing rows are retrained in batches of ``batch_size``; each finished batch is committed
         before the next starts, so a kill loses at most the batch in flight. Rows are returned in
         input order; a (subset, seed) pair repeated in the input is trained once. ``progress`` is
-        advanced once for every row served from the store and by the task for every model it
-        trains. Afterwards ``last_retrained`` / ``last_reused`` (per thread) say how many rows
-        were trained now and how many came from the store.
+        advanced once for every row served from the store, by the task for every model it trains,
+        and once for every repeated pair, so it reaches K. Afterwards ``last_retrained`` and
+        ``last_reused`` (per thread) say how many rows were trained now and how many were reused.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -475,6 +474,8 @@ class ResultStore:
             f[i] = f[src]
             digests[i] = digests[src]
             grads[i] = grads[src]
+        if progress is not None and dup_of:
+            progress(len(dup_of))
         self._local.retrained = len(todo)
         self._local.reused = reused
         return RetrainResult(
