@@ -5,8 +5,9 @@ coefficients a are regularised (and, for OLS with K < N, only ‖a‖ is minimis
 
 Methods:
 
-- ``"ols"``: least squares via ``np.linalg.lstsq`` on the centred design; with K ≤ N (rank
-  deficient) it returns the minimum-norm solution. Expected excess error on B_p data:
+- ``"ols"``: least squares on the centred design: normal equations via an eigendecomposition of
+  XᵀX when K ≥ 2N and XᵀX is well conditioned, else ``np.linalg.lstsq``, which with K ≤ N (rank
+  deficient) returns the minimum-norm solution. Expected excess error on B_p data:
   err ≈ (B_{≥2} + noise) · (N + 1) / K for K ≫ N (exact in expectation at p = 1/2 to first order).
 - ``"ridge"``: λ per target chosen from the grid λ/K ∈ logspace(−4, 3, 36) by squared error on a
   held-out 20% split (drawn from ``rng_seed``), then refit on all K samples with that λ. Solved by
@@ -97,6 +98,16 @@ def _centre(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def _fit_ols(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     xc, yc, xm, ym = _centre(x, y)
+    K, N = xc.shape
+    if K >= 2 * N:
+        # Well-posed case: solve the normal equations through one eigendecomposition of the
+        # N x N Gram matrix (an order of magnitude faster than an SVD of the K x N design).
+        evals, vecs = np.linalg.eigh(xc.T @ xc)
+        if evals[0] > 1e-10 * evals[-1]:
+            a = vecs @ ((vecs.T @ (xc.T @ yc)) / evals[:, None])
+            c = ym - xm @ a
+            cond = float(np.sqrt(evals[-1] / evals[0]))
+            return c, a.T, {"rank": int(N), "condition_number": cond}
     a, _, rank, sv = np.linalg.lstsq(xc, yc, rcond=None)
     c = ym - xm @ a
     cond = float(sv[0] / sv[rank - 1]) if rank > 0 else None  # None: all-zero design
