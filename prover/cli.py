@@ -123,9 +123,12 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("serving plain-text gRPC on non-loopback address %s", args.host)
     servicer = ProverServicer(task, factory, SessionRegistry(args.max_sessions), info)
     server, port = build_server(servicer, args.host, args.port, args.workers)
-    log.info("listening on %s:%d (%s)", args.host, port, info)
-    print(f"LISTENING {args.host}:{port}", flush=True)
-    serve_forever(server)
+
+    def announce() -> None:
+        log.info("listening on %s:%d (%s)", args.host, port, info)
+        print(f"LISTENING {args.host}:{port}", flush=True)
+
+    serve_forever(server, on_started=announce)
     return 0
 
 

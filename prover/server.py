@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -45,8 +46,14 @@ def build_server(
     return server, bound
 
 
-def serve_forever(server: grpc.Server, grace_s: float = 5.0) -> None:
-    """Start ``server`` and block until SIGINT or SIGTERM, then stop it gracefully."""
+def serve_forever(
+    server: grpc.Server, grace_s: float = 5.0, on_started: Callable[[], None] | None = None
+) -> None:
+    """Start ``server`` and block until SIGINT or SIGTERM, then stop it gracefully.
+
+    Signal handlers are installed before the server starts and before ``on_started`` runs, so a
+    signal that arrives as soon as the server is announced still shuts it down cleanly.
+    """
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -55,6 +62,8 @@ def serve_forever(server: grpc.Server, grace_s: float = 5.0) -> None:
 
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     server.start()
+    if on_started is not None:
+        on_started()
     try:
         stop.wait()
     finally:

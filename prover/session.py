@@ -209,9 +209,10 @@ class ProverSession:
     def finish(self, request: pb.FinishRequest) -> pb.FinishReply:
         """Record the verifier's verdict and return the prover's transcript hash."""
         with self.lock:
+            # Both transcripts cover every message before Finish; compare them as they stood.
+            reply = pb.FinishReply(transcript_hash=self.transcript.digest)
             self.transcript.append_message("v2p", request)
             self.state = State.FINISHED
-            reply = pb.FinishReply(transcript_hash=self.transcript.digest)
         match = bytes(request.transcript_hash) == reply.transcript_hash
         log.info(
             "session %s: finished, verifier says %s; transcripts %s",

@@ -16,7 +16,7 @@ import time
 from tests.conftest import REPO, run_verifier
 
 TASK = "synthetic:n=500,z=1,p=0.5,seed=0"
-SIZES = ["--mode", "manual", "--pairs", "20000", "--spot-checks", "64", "--mse-samples", "4000",
+SIZES = ["--mode", "manual", "--pairs", "50000", "--spot-checks", "64", "--mse-samples", "4000",
          "--rho", "0.25", "--epsilon", "0.2", "--delta", "0.05"]  # fmt: skip
 
 

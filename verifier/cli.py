@@ -37,7 +37,7 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epsilon", type=_positive_float, default=0.2, help="ε, squared units of f")
     p.add_argument("--delta", type=_positive_float, default=0.05, help="failure probability δ")
     p.add_argument("--mode", choices=["theory", "manual"], default="manual")
-    p.add_argument("--pairs", type=int, default=20_000, help="manual: coupled tuples (pairs/level)")
+    p.add_argument("--pairs", type=int, default=50_000, help="manual: coupled tuples (pairs/level)")
     p.add_argument("--spot-checks", type=int, default=64, help="manual: spot checks k")
     p.add_argument("--mse-samples", type=int, default=4_000, help="manual: MSE sample size |M|")
     p.add_argument("--rho", type=float, default=0.25, help="manual: correlation ρ")
