@@ -30,7 +30,7 @@ def test_digits_logreg_defaults() -> None:
     assert isinstance(task, LogisticRegressionTask)
     assert (task.num_train_points, task.num_targets) == (347, 10)
     assert task.p == 0.5
-    assert task.output_bound == 10.0
+    assert task.output_bound == 2.0
     assert task.tolerance == 1e-6
     assert task.l2 == 1e-2
     assert task.tol == 1e-10
@@ -39,7 +39,9 @@ def test_digits_logreg_defaults() -> None:
     spec = task.spec()
     canonical_json(spec)  # JSON-serialisable, no NaN
     assert spec["recipe"]["l2"] == 1e-2
-    assert spec["output"]["b"] == 10.0
+    assert spec["output"]["b"] == 2.0
+    assert spec["output"]["center_rule"] == "auto"
+    assert len(spec["output"]["center"]) == 10
     assert "load_digits" in spec["dataset"]["version"]
     assert task.features.shape == (347, 64)
     assert np.all(task.features <= 1.0)
@@ -226,3 +228,23 @@ def test_task_file_errors(
 def test_missing_task_file(real_registry: None) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         registry.load_task("/nonexistent/task.toml")
+
+
+def test_logreg_centring_is_public_and_centres_f() -> None:
+    # The offset is a pure function of the task: two constructions agree exactly (same hash).
+    a, b = make("digits-logreg:z=4"), make("digits-logreg:z=4")
+    assert np.array_equal(a.center, b.center)
+    assert a.identity().task_hash == b.identity().task_hash
+    raw = make("digits-logreg:z=4,center=none")
+    assert np.all(raw.center == 0)
+    assert raw.identity().task_hash != a.identity().task_hash
+    rng = np.random.default_rng(0)
+    masks = rng.random((400, a.num_train_points)) < 0.5
+    seeds = np.zeros(400, dtype=np.uint64)
+    centred, uncentred = a.retrain(masks, seeds).f, raw.retrain(masks, seeds).f
+    # Uncentred margins sit far from 0; centred f has |mean| below 0.1 (SD of f is ~0.2, so the
+    # 400-sample mean has SE ~0.01, and the offset is rounded to 1e-3).
+    assert np.max(np.abs(uncentred.mean(axis=0))) > 0.3
+    assert np.max(np.abs(centred.mean(axis=0))) < 0.1
+    with pytest.raises(ValueError, match="center"):
+        make("digits-logreg:center=middle")

@@ -9,9 +9,14 @@ Selectors (``--task NAME[:key=value,...]``):
 * ``digits-mlp``            digits pair 3 vs 8, a 64→32→1 tanh MLP trained by 300 GD steps
 * ``npz:path=FILE``         user arrays X, y (two distinct label values), optional ``targets``
 
-Output f on target t is b·tanh(margin_t / b) with margin_t = y_t·(wᵀx_t + bias): the squashing is
-part of the definition of f, so |f| ≤ b exactly. Logistic-regression tasks train to a certified
-gradient norm, which bounds how far two honest retrainings can disagree (see ``tolerance``).
+Output f on target t is b·tanh((margin_t − o_t) / b) with margin_t = y_t·(wᵀx_t + bias): the
+squashing is part of the definition of f, so |f| ≤ b exactly. For logistic-regression tasks o_t is
+a public centring offset fixed by the task itself (``center=auto``: the mean margin over 64
+reference subsets drawn from B_p by the public PRG, rounded to 3 decimals and recorded in the
+spec), so neither party can steer it; centring lowers the variance of every product the
+residual estimate averages without changing any B_k for k ≥ 1. Logistic-regression tasks train
+to a certified gradient norm, which bounds how far two honest retrainings can disagree
+(see ``tolerance``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ DEFAULT_L2 = 1e-2
 DEFAULT_TOL = 1e-10
 DEFAULT_TAU = 1e-6
 DEFAULT_BOUND = 10.0
+#: Logistic-regression tasks centre their margins, so a tighter bound keeps f nearly linear.
+DEFAULT_LOGREG_BOUND = 2.0
+#: Reference subsets averaged for the public centring offset.
+CENTER_REFERENCE_SUBSETS = 64
 DEFAULT_P = 0.5
 DEFAULT_Z = 10
 DEFAULT_MAX_ITER = 100
@@ -120,7 +129,10 @@ _COMMON = {
     "p": f"inclusion probability in (0, 1), default {DEFAULT_P}",
     "z": f"number of held-out targets ≥ 1, default {DEFAULT_Z}",
     "n": "number of training points, default all remaining examples of the pair",
-    "b": f"output bound b > 0 in f = b·tanh(margin/b), default {DEFAULT_BOUND:g}",
+    "b": (
+        f"output bound b > 0 in f = b·tanh((margin − center)/b), default "
+        f"{DEFAULT_LOGREG_BOUND:g} (logistic regression) or {DEFAULT_BOUND:g} (MLP)"
+    ),
 }
 _LOGREG = {
     **_COMMON,
@@ -128,6 +140,7 @@ _LOGREG = {
     "tol": f"Newton stop ‖∇L_S‖₂ ≤ tol, default min({DEFAULT_TOL:g}, τλ/(4·max‖x̃_t‖))",
     "tau": f"CHECKEQUIV tolerance τ on f, default {DEFAULT_TAU:g}",
     "max_iter": f"Newton iteration cap, default {DEFAULT_MAX_ITER}",
+    "center": "public margin offset: auto (mean over 64 public reference subsets) or none",
 }
 
 
@@ -218,11 +231,12 @@ class LogisticRegressionTask(_RealTask):
         split: datasets.BinarySplit,
         *,
         p: float = DEFAULT_P,
-        bound: float = DEFAULT_BOUND,
+        bound: float = DEFAULT_LOGREG_BOUND,
         l2: float = DEFAULT_L2,
         tol: float | None = None,
         tau: float = DEFAULT_TAU,
         max_iter: int = DEFAULT_MAX_ITER,
+        center: str = "auto",
         dataset_spec: dict[str, Any],
     ) -> None:
         super().__init__(selector, name, split, p=p, bound=bound, dataset_spec=dataset_spec)
@@ -241,6 +255,27 @@ class LogisticRegressionTask(_RealTask):
                 f"task {name!r}: tol={self.tol:g} only certifies f within "
                 f"{self.certified_disagreement:.3g} > tau={self._tau:g}; lower tol or raise tau"
             )
+        if center not in ("auto", "none"):
+            raise ValueError(f"task {name!r}: center must be auto or none, got {center!r}")
+        self.center_rule = center
+        self.center = np.zeros(self.num_targets)
+        if center == "auto":
+            self.center = self._reference_center()
+
+    def _reference_center(self) -> np.ndarray:
+        """Mean target margin over public reference subsets, rounded to 3 decimals.
+
+        A pure function of the task (data, recipe, p): the subsets come from the public PRG under
+        a fixed label. Rounding makes the offset identical on every machine (the unrounded means
+        agree to ~1e-15), so it can be recorded in the spec and covered by the task hash.
+        """
+        from protocol.prg import bernoulli_masks, stream_key
+
+        key = stream_key("logreg-center-reference", self.name.encode())
+        masks = bernoulli_masks(key, range(CENTER_REFERENCE_SUBSETS), self.num_train_points, self.p)
+        weights, _ = self.train(masks)
+        margins = (weights @ self._targets_tilde.T) * self.split.y_targets
+        return np.round(margins.mean(axis=0), 3)
 
     @property
     def certified_disagreement(self) -> float:
@@ -277,8 +312,10 @@ class LogisticRegressionTask(_RealTask):
                 "dtype": "float64",
             },
             "output": {
-                "f": "b*tanh(y_t*(w.x_t + bias)/b)",
+                "f": "b*tanh((y_t*(w.x_t + bias) - center_t)/b)",
                 "b": self.output_bound,
+                "center_rule": self.center_rule,
+                "center": [float(c) for c in self.center],
             },
             "tolerance": self.tolerance,
             "bitwise_deterministic": False,
@@ -302,7 +339,7 @@ class LogisticRegressionTask(_RealTask):
     def outputs(self, weights: np.ndarray) -> np.ndarray:
         """f-values (K, Z) of trained weights (K, d+1)."""
         margins = (np.atleast_2d(weights) @ self._targets_tilde.T) * self.split.y_targets
-        return trainer.squash(margins, self.output_bound)
+        return trainer.squash(margins - self.center, self.output_bound)
 
     def gradient_norm(self, weights: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """‖∇L_S(w)‖₂ for weights (d+1,) or (K, d+1) and mask (N,) or (K, N); shape (K,)."""
@@ -403,11 +440,12 @@ def _logreg_kwargs(tp: TaskParams) -> dict[str, Any]:
     tau = tp.float("tau", DEFAULT_TAU, lo=0.0)
     return {
         "p": tp.float("p", DEFAULT_P, lo=0.0, hi=1.0),
-        "bound": tp.float("b", DEFAULT_BOUND, lo=0.0),
+        "bound": tp.float("b", DEFAULT_LOGREG_BOUND, lo=0.0),
         "l2": tp.float("l2", DEFAULT_L2, lo=0.0),
         "tol": tp.float("tol", 0.0, lo=0.0) if "tol" in tp.params else None,
         "tau": tau,
         "max_iter": tp.int("max_iter", DEFAULT_MAX_ITER, lo=1),
+        "center": tp.str("center", "auto"),
     }
 
 
