@@ -94,3 +94,33 @@ def test_stalled_prover_times_out_as_error(prover_factory) -> None:
     assert rc == 2
     assert out["verdict"] == "error"
     assert "timeout" in out["reason"]
+
+
+def test_several_sessions_at_once(prover_factory) -> None:
+    prover = prover_factory("--task", TASK)
+    cmd = [sys.executable, "-m", "verifier.cli", "verify", "--prover", prover.address,
+           "--json", "--task", TASK, *SIZES]  # fmt: skip
+    runs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [r.communicate(timeout=300)[0] for r in runs]
+    assert [r.returncode for r in runs] == [0, 0, 0], outputs
+    assert prover.log().count("finished, verifier says accept") == 3
+
+
+# A real task: digits logistic regression with 3 targets (Var f ≈ 0.02–0.09 per target).
+# With 10,000 tuples the residual estimate's standard error is ≈ 0.0014 per target, so the honest
+# prover (err ≈ 3e-5) sits > 3.5 SE below the threshold ε/2 = 0.005, and the a → 0.2·a prover
+# (err ≈ 0.64·B_1 ≈ 0.02) sits ≈ 10 SE above it.
+REAL_TASK = "digits-logreg:z=3"
+REAL_SIZES = ["--mode", "manual", "--pairs", "10000", "--spot-checks", "32",
+              "--mse-samples", "1000", "--epsilon", "0.01", "--delta", "0.05"]  # fmt: skip
+
+
+def test_real_task_honest_accepted_and_scaled_rejected(prover_factory) -> None:
+    honest = prover_factory("--task", REAL_TASK)
+    rc, out = run_verifier(honest.address, "--task", REAL_TASK, *REAL_SIZES)
+    assert (rc, out["verdict"]) == (0, "accept"), out["reason"]
+    assert out["spot_check"]["max_abs_diff"] <= 1e-6
+    cheat = prover_factory("--task", REAL_TASK, "--cheat", "scale:0.2")
+    rc, out = run_verifier(cheat.address, "--task", REAL_TASK, *REAL_SIZES)
+    assert (rc, out["verdict"]) == (1, "reject"), out["reason"]
+    assert "msê" in out["reason"]
