@@ -1,0 +1,64 @@
+"""Command-line behaviour that needs no server: plans, refusals and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prover.cli import main as prover_main
+from verifier.cli import main as verifier_main
+
+
+def test_plan_json_reports_both_modes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert verifier_main(["plan", "--task", "synthetic", "--epsilon", "0.1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    theory, manual = out["theory"], out["manual"]
+    for plan in (theory, manual):
+        for key in ("rho", "pairs_per_level", "singles", "num_members", "spot_checks",
+                    "mse_samples", "lie_allowance", "verifier_retrainings",
+                    "prover_retrainings"):  # fmt: skip
+            assert key in plan
+        assert plan["budget"]["tau_charge"] >= 0
+    assert theory["guarantee_met"] is True
+    assert theory["verifier_retrainings"] > manual["verifier_retrainings"]
+
+
+def test_theory_mode_too_large_to_run_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = verifier_main(
+        ["verify", "--prover", "127.0.0.1:1", "--mode", "theory", "--task", "synthetic", "--json"]
+    )
+    assert rc == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["verdict"] == "error"
+    assert "not runnable here" in out["reason"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--delta", "1.5"], "--delta must be in (0, 1)"),
+        (["--task", "nonsense"], "unknown task 'nonsense'"),
+        (["--task", "synthetic:n=abc"], "n"),
+        (["--pairs", "0"], "pairs"),
+    ],
+)
+def test_bad_verifier_input_is_exit_2_with_reason(
+    args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = verifier_main(["verify", "--prover", "127.0.0.1:1", "--json", *args])
+    assert rc == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["verdict"] == "error"
+    assert needle in out["reason"]
+
+
+def test_bad_cheat_is_a_clear_prover_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert prover_main(["serve", "--task", "synthetic", "--cheat", "bribe:1"]) == 2
+    assert "unknown cheat 'bribe'" in capsys.readouterr().err
+
+
+def test_negative_epsilon_is_rejected_by_the_parser() -> None:
+    with pytest.raises(SystemExit) as exc:
+        verifier_main(["plan", "--epsilon", "-1"])
+    assert exc.value.code == 2
