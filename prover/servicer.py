@@ -94,6 +94,16 @@ class ProverServicer(pb_grpc.ProverServicer):
         except ProtocolFault as fault:
             _abort(context, fault)
 
+    def SupplyModels(  # noqa: N802
+        self, request: pb.ModelsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.SuppliedModel]:
+        """Stream the trained models of the verifier's revealed MSE sample."""
+        try:
+            session = self.registry.get(request.session_id)
+            yield from session.supply_models(request)
+        except ProtocolFault as fault:
+            _abort(context, fault)
+
     def Finish(self, request: pb.FinishRequest, context: grpc.ServicerContext) -> pb.FinishReply:  # noqa: N802
         """Close a session, returning the prover's transcript hash."""
         try:

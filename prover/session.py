@@ -17,7 +17,7 @@ import numpy as np
 
 from proto.attribution.v1 import attribution_pb2 as pb
 from protocol import PROTOCOL_VERSION
-from protocol.challenges import ChallengeSpec
+from protocol.challenges import ChallengeSpec, PrivateSample
 from protocol.tasks.base import Task
 from protocol.transcript import Transcript
 from prover.strategy import Answers, HonestStrategy
@@ -26,6 +26,8 @@ log = logging.getLogger("prover")
 
 #: Upper bound on the number of coupled tuples one session may ask for (4 members each).
 MAX_TUPLES = 5_000_000
+#: Largest slice of the MSE sample one SupplyModels call may ask for.
+MAX_MODELS_PER_CALL = 65_536
 #: Values per streamed chunk, keeping each message far below gRPC's size limit.
 CHUNK_VALUES = 65_536
 
@@ -45,6 +47,7 @@ class State(Enum):
     GREETED = "greeted"
     COMMITTED = "committed"
     OPENED = "opened"
+    SUPPLYING = "supplying"
     FINISHED = "finished"
 
 
@@ -58,6 +61,7 @@ class ProverSession:
         self.state = State.GREETED
         self.answers: Answers | None = None
         self.transcript = Transcript()
+        self.models_supplied = 0
         self.lock = threading.Lock()
         self.last_activity = time.monotonic()
         self.transcript.append_message("v2p", hello)
@@ -172,7 +176,11 @@ class ProverSession:
         return members + int(self.strategy.attribution().num_samples)
 
     def open(self, request: pb.OpenRequest) -> Iterator[pb.Opening]:
-        """Open the requested leaves (the revealed spot-check set C) with inclusion proofs."""
+        """Open the requested leaves (the revealed spot-check set C).
+
+        With ``open_all`` every member is opened in index order without inclusion proofs (the
+        verifier rebuilds the tree); with ``include_weights`` each opening carries its weights.
+        """
         with self.lock:
             if self.state is not State.COMMITTED or self.answers is None:
                 raise ProtocolFault(
@@ -181,26 +189,92 @@ class ProverSession:
                 )
             if request.session_id != self.id:
                 raise ProtocolFault("INVALID_ARGUMENT", "open request names a different session")
-            indices = list(request.indices)
             n = len(self.answers.f_values)
+            if request.open_all:
+                if request.indices:
+                    raise ProtocolFault("INVALID_ARGUMENT", "open_all with explicit indices")
+                indices: list[int] = list(range(n))
+            else:
+                indices = list(request.indices)
             bad = [i for i in indices if i >= n]
             if bad:
                 raise ProtocolFault("OUT_OF_RANGE", f"open index {bad[0]} out of range (|E| = {n})")
             if len(set(indices)) != len(indices):
                 raise ProtocolFault("INVALID_ARGUMENT", "open request repeats an index")
+            if request.include_weights and self.answers.weights is None:
+                raise ProtocolFault(
+                    "FAILED_PRECONDITION",
+                    f"task {self.task.name!r} has no weights to open (checks are by retraining)",
+                )
             self.transcript.append_message("v2p", request)
             answers = self.answers
             self.state = State.OPENED
             self._touch()
-        log.info("session %s: opening %d spot-checked leaves", self.id[:8], len(indices))
+        log.info(
+            "session %s: opening %d leaves%s",
+            self.id[:8],
+            len(indices),
+            " with weights" if request.include_weights else "",
+        )
         for index in indices:
-            data = self.strategy.open(answers, int(index))
+            data = self.strategy.open(answers, int(index), with_proof=not request.open_all)
             msg = pb.Opening(
                 index=data.index,
                 seed=data.seed,
                 f_values=np.asarray(data.f_values, dtype=np.float64).tolist(),
                 weights_digest=data.weights_digest,
                 proof=list(data.proof),
+            )
+            if request.include_weights and data.weights is not None:
+                msg.weights = np.ascontiguousarray(data.weights, dtype="<f8").tobytes()
+            self.transcript.append_message("p2v", msg)
+            yield msg
+        self._touch()
+
+    def supply_models(self, request: pb.ModelsRequest) -> Iterator[pb.SuppliedModel]:
+        """Train and stream the models of the verifier's revealed MSE sample M.
+
+        Allowed only after Open, so the attribution and every answer on E were committed before
+        the prover could learn anything about M.
+        """
+        with self.lock:
+            if self.state not in (State.OPENED, State.SUPPLYING):
+                raise ProtocolFault(
+                    "FAILED_PRECONDITION",
+                    f"SupplyModels is allowed after Open; session is {self.state.value}",
+                )
+            if request.session_id != self.id:
+                raise ProtocolFault("INVALID_ARGUMENT", "models request names a different session")
+            if len(request.sample_key) != 32:
+                raise ProtocolFault("INVALID_ARGUMENT", "sample_key must be 32 bytes")
+            if not 1 <= request.count <= MAX_MODELS_PER_CALL:
+                raise ProtocolFault(
+                    "INVALID_ARGUMENT", f"count must be in [1, {MAX_MODELS_PER_CALL}]"
+                )
+            if request.first + request.count > MAX_TUPLES:
+                raise ProtocolFault("OUT_OF_RANGE", f"sample index beyond {MAX_TUPLES}")
+            self.transcript.append_message("v2p", request)
+            self.state = State.SUPPLYING
+            self._touch()
+        stop = int(request.first + request.count)
+        sample = PrivateSample(
+            bytes(request.sample_key), stop, self.task.num_train_points, self.task.p
+        )
+        indices = np.arange(int(request.first), stop)
+        try:
+            weights = self.strategy.supply_models(sample.masks(indices))
+        except ValueError as exc:
+            raise ProtocolFault("FAILED_PRECONDITION", str(exc)) from exc
+        self.models_supplied += len(indices)
+        log.info(
+            "session %s: supplied %d models of the revealed MSE sample (%d so far)",
+            self.id[:8],
+            len(indices),
+            self.models_supplied,
+        )
+        for index, w in zip(indices.tolist(), weights, strict=True):
+            msg = pb.SuppliedModel(
+                index=index, weights=np.ascontiguousarray(w, dtype="<f8").tobytes()
             )
             self.transcript.append_message("p2v", msg)
             yield msg

@@ -40,6 +40,8 @@ class Answers:
     digests: list[bytes]
     tree: merkle.MerkleTree
     retrainings: int
+    #: (|E|, d) trained weights, kept for tasks whose checks are certified from weights.
+    weights: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,15 @@ class OpeningData:
     f_values: np.ndarray
     weights_digest: bytes
     proof: list[bytes]
+    weights: np.ndarray | None = None
+
+
+def trains_weights(task: Task) -> bool:
+    """True when the task exposes its trained weights (``train`` and ``outputs``).
+
+    Such tasks (the strongly convex ones) can be checked from weights with one gradient pass.
+    """
+    return callable(getattr(task, "train", None)) and callable(getattr(task, "outputs", None))
 
 
 class ChallengeRetrainer:
@@ -78,6 +89,8 @@ class ChallengeRetrainer:
         """
         if self.stall_s > 0:  # fault injection (tests): a prover that stalls mid-protocol
             time.sleep(self.stall_s)
+        if trains_weights(self.task):
+            return self._retrain_keeping_weights(spec, progress)
         fs: list[np.ndarray] = []
         digests: list[bytes] = []
         seeds_all: list[np.ndarray] = []
@@ -97,6 +110,24 @@ class ChallengeRetrainer:
             seeds_all.append(np.asarray(seeds, dtype=np.uint64))
         merged = RetrainResult(f=np.concatenate(fs, axis=0), weights_digests=digests)
         return merged, np.concatenate(seeds_all), trained
+
+    def _retrain_keeping_weights(
+        self, spec: ChallengeSpec, progress: Progress | None
+    ) -> tuple[RetrainResult, np.ndarray, int]:
+        from protocol.trainer import weights_digest
+
+        weights, seeds_all = [], []
+        for _indices, masks, seeds in spec.iter_member_batches(self.batch_size):
+            w, _norms = self.task.train(masks, progress)  # type: ignore[attr-defined]
+            weights.append(np.asarray(w, dtype=np.float64))
+            seeds_all.append(np.asarray(seeds, dtype=np.uint64))
+        all_weights = np.concatenate(weights, axis=0)
+        result = RetrainResult(
+            f=self.task.outputs(all_weights),  # type: ignore[attr-defined]
+            weights_digests=[weights_digest(w) for w in all_weights],
+            weights=all_weights,
+        )
+        return result, np.concatenate(seeds_all), len(all_weights)
 
 
 class HonestStrategy:
@@ -132,14 +163,25 @@ class HonestStrategy:
         f_values, seeds, digests = self.tamper(spec, result.f, seeds, list(result.weights_digests))
         leaves = merkle.build_leaves(np.arange(len(f_values)), seeds, f_values, digests)
         tree = merkle.MerkleTree(leaves)
-        return Answers(spec, f_values, seeds, digests, tree, trained)
+        return Answers(spec, f_values, seeds, digests, tree, trained, result.weights)
 
-    def open(self, answers: Answers, index: int) -> OpeningData:
-        """Open leaf ``index`` faithfully, with its inclusion proof."""
+    def open(self, answers: Answers, index: int, with_proof: bool = True) -> OpeningData:
+        """Open leaf ``index`` faithfully, with its inclusion proof and weights when kept."""
         return OpeningData(
             index=index,
             seed=int(answers.seeds[index]),
             f_values=answers.f_values[index],
             weights_digest=answers.digests[index],
-            proof=answers.tree.proof(index),
+            proof=answers.tree.proof(index) if with_proof else [],
+            weights=None if answers.weights is None else answers.weights[index],
         )
+
+    def supply_models(self, masks: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+        """Train one model per mask (the verifier's revealed MSE sample) and return the weights.
+
+        Raises ``ValueError`` for tasks whose checks cannot be certified from weights.
+        """
+        if not trains_weights(self.task):
+            raise ValueError(f"task {self.task.name!r} does not expose trained weights")
+        weights, _norms = self.task.train(masks, progress)  # type: ignore[attr-defined]
+        return np.asarray(weights, dtype=np.float64)

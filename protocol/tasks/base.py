@@ -62,6 +62,8 @@ class RetrainResult:
     f: np.ndarray
     weights_digests: list[bytes]
     grad_norms: np.ndarray | None = None
+    #: (K, d) trained weights when the caller asked to keep them, else ``None``.
+    weights: np.ndarray | None = None
 
 
 def canonical_json(obj: Any) -> str:

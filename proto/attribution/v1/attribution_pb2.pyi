@@ -95,26 +95,52 @@ class CommitChunk(_message.Message):
     def __init__(self, attribution: _Optional[_Union[AttributionPart, _Mapping]] = ..., f_values: _Optional[_Union[FValuesPart, _Mapping]] = ..., root: _Optional[_Union[CommitmentRoot, _Mapping]] = ...) -> None: ...
 
 class OpenRequest(_message.Message):
-    __slots__ = ("session_id", "indices")
+    __slots__ = ("session_id", "indices", "include_weights", "open_all")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     INDICES_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    OPEN_ALL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     indices: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, session_id: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ...) -> None: ...
+    include_weights: bool
+    open_all: bool
+    def __init__(self, session_id: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ..., include_weights: _Optional[bool] = ..., open_all: _Optional[bool] = ...) -> None: ...
 
 class Opening(_message.Message):
-    __slots__ = ("index", "seed", "f_values", "weights_digest", "proof")
+    __slots__ = ("index", "seed", "f_values", "weights_digest", "proof", "weights")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     F_VALUES_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PROOF_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     index: int
     seed: int
     f_values: _containers.RepeatedScalarFieldContainer[float]
     weights_digest: bytes
     proof: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, index: _Optional[int] = ..., seed: _Optional[int] = ..., f_values: _Optional[_Iterable[float]] = ..., weights_digest: _Optional[bytes] = ..., proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    weights: bytes
+    def __init__(self, index: _Optional[int] = ..., seed: _Optional[int] = ..., f_values: _Optional[_Iterable[float]] = ..., weights_digest: _Optional[bytes] = ..., proof: _Optional[_Iterable[bytes]] = ..., weights: _Optional[bytes] = ...) -> None: ...
+
+class ModelsRequest(_message.Message):
+    __slots__ = ("session_id", "sample_key", "first", "count")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_KEY_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    sample_key: bytes
+    first: int
+    count: int
+    def __init__(self, session_id: _Optional[str] = ..., sample_key: _Optional[bytes] = ..., first: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+
+class SuppliedModel(_message.Message):
+    __slots__ = ("index", "weights")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    weights: bytes
+    def __init__(self, index: _Optional[int] = ..., weights: _Optional[bytes] = ...) -> None: ...
 
 class FinishRequest(_message.Message):
     __slots__ = ("session_id", "verdict", "transcript_hash")

@@ -49,6 +49,11 @@ class ProverStub:
                 request_serializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.OpenRequest.SerializeToString,
                 response_deserializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.Opening.FromString,
                 _registered_method=True)
+        self.SupplyModels = channel.unary_stream(
+                '/attribution.v1.Prover/SupplyModels',
+                request_serializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.ModelsRequest.SerializeToString,
+                response_deserializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.SuppliedModel.FromString,
+                _registered_method=True)
         self.Finish = channel.unary_unary(
                 '/attribution.v1.Prover/Finish',
                 request_serializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.FinishRequest.SerializeToString,
@@ -77,6 +82,12 @@ class ProverServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SupplyModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Finish(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -100,6 +111,11 @@ def add_ProverServicer_to_server(servicer, server):
                     servicer.Open,
                     request_deserializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.OpenRequest.FromString,
                     response_serializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.Opening.SerializeToString,
+            ),
+            'SupplyModels': grpc.unary_stream_rpc_method_handler(
+                    servicer.SupplyModels,
+                    request_deserializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.ModelsRequest.FromString,
+                    response_serializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.SuppliedModel.SerializeToString,
             ),
             'Finish': grpc.unary_unary_rpc_method_handler(
                     servicer.Finish,
@@ -188,6 +204,33 @@ class Prover:
             '/attribution.v1.Prover/Open',
             proto_dot_attribution_dot_v1_dot_attribution__pb2.OpenRequest.SerializeToString,
             proto_dot_attribution_dot_v1_dot_attribution__pb2.Opening.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SupplyModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/attribution.v1.Prover/SupplyModels',
+            proto_dot_attribution_dot_v1_dot_attribution__pb2.ModelsRequest.SerializeToString,
+            proto_dot_attribution_dot_v1_dot_attribution__pb2.SuppliedModel.FromString,
             options,
             channel_credentials,
             insecure,
