@@ -94,6 +94,16 @@ class ProverServicer(pb_grpc.ProverServicer):
         except ProtocolFault as fault:
             _abort(context, fault)
 
+    def OpenAll(  # noqa: N802
+        self, request: pb.OpenAllRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.OpeningBatch]:
+        """Stream every member of E with its weights (certified mode)."""
+        try:
+            session = self.registry.get(request.session_id)
+            yield from session.open_all(request)
+        except ProtocolFault as fault:
+            _abort(context, fault)
+
     def SupplyModels(  # noqa: N802
         self, request: pb.ModelsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.SuppliedModel]:

@@ -175,49 +175,34 @@ class ProverSession:
         members = 0 if self.answers is None else len(self.answers.f_values)
         return members + int(self.strategy.attribution().num_samples)
 
-    def open(self, request: pb.OpenRequest) -> Iterator[pb.Opening]:
-        """Open the requested leaves (the revealed spot-check set C).
-
-        With ``open_all`` every member is opened in index order without inclusion proofs (the
-        verifier rebuilds the tree); with ``include_weights`` each opening carries its weights.
-        """
+    def _begin_open(self, request: object, session_id: str) -> Answers:
         with self.lock:
             if self.state is not State.COMMITTED or self.answers is None:
                 raise ProtocolFault(
                     "FAILED_PRECONDITION",
                     f"Open is allowed once, after Commit; session is {self.state.value}",
                 )
-            if request.session_id != self.id:
+            if session_id != self.id:
                 raise ProtocolFault("INVALID_ARGUMENT", "open request names a different session")
+            self.transcript.append_message("v2p", request)
+            self.state = State.OPENED
+            self._touch()
+            return self.answers
+
+    def open(self, request: pb.OpenRequest) -> Iterator[pb.Opening]:
+        """Open the requested leaves (the revealed spot-check set C) with inclusion proofs."""
+        indices = list(request.indices)
+        if self.answers is not None:
             n = len(self.answers.f_values)
-            if request.open_all:
-                if request.indices:
-                    raise ProtocolFault("INVALID_ARGUMENT", "open_all with explicit indices")
-                indices: list[int] = list(range(n))
-            else:
-                indices = list(request.indices)
             bad = [i for i in indices if i >= n]
             if bad:
                 raise ProtocolFault("OUT_OF_RANGE", f"open index {bad[0]} out of range (|E| = {n})")
-            if len(set(indices)) != len(indices):
-                raise ProtocolFault("INVALID_ARGUMENT", "open request repeats an index")
-            if request.include_weights and self.answers.weights is None:
-                raise ProtocolFault(
-                    "FAILED_PRECONDITION",
-                    f"task {self.task.name!r} has no weights to open (checks are by retraining)",
-                )
-            self.transcript.append_message("v2p", request)
-            answers = self.answers
-            self.state = State.OPENED
-            self._touch()
-        log.info(
-            "session %s: opening %d leaves%s",
-            self.id[:8],
-            len(indices),
-            " with weights" if request.include_weights else "",
-        )
+        if len(set(indices)) != len(indices):
+            raise ProtocolFault("INVALID_ARGUMENT", "open request repeats an index")
+        answers = self._begin_open(request, request.session_id)
+        log.info("session %s: opening %d spot-checked leaves", self.id[:8], len(indices))
         for index in indices:
-            data = self.strategy.open(answers, int(index), with_proof=not request.open_all)
+            data = self.strategy.open(answers, int(index))
             msg = pb.Opening(
                 index=data.index,
                 seed=data.seed,
@@ -225,8 +210,33 @@ class ProverSession:
                 weights_digest=data.weights_digest,
                 proof=list(data.proof),
             )
-            if request.include_weights and data.weights is not None:
-                msg.weights = np.ascontiguousarray(data.weights, dtype="<f8").tobytes()
+            self.transcript.append_message("p2v", msg)
+            yield msg
+        self._touch()
+
+    def open_all(self, request: pb.OpenAllRequest) -> Iterator[pb.OpeningBatch]:
+        """Open every member of E with its weights, in index order, in batches (certified mode)."""
+        if self.answers is not None and self.answers.weights is None:
+            raise ProtocolFault(
+                "FAILED_PRECONDITION",
+                f"task {self.task.name!r} has no weights to open (its checks are by retraining)",
+            )
+        answers = self._begin_open(request, request.session_id)
+        n = len(answers.f_values)
+        log.info("session %s: opening all %d leaves with weights", self.id[:8], n)
+        weights = answers.weights
+        assert weights is not None
+        rows = max(1, CHUNK_VALUES // max(1, weights.shape[1] + answers.f_values.shape[1]))
+        for first in range(0, n, rows):
+            batch = self.strategy.open_batch(answers, first, min(n, first + rows))
+            msg = pb.OpeningBatch(
+                first_index=first,
+                count=len(batch.seeds),
+                f_values=np.asarray(batch.f_values, dtype=np.float64).ravel().tolist(),
+                seeds=[int(v) for v in batch.seeds],
+                weights_digests=b"".join(batch.digests),
+                weights=np.ascontiguousarray(batch.weights, dtype="<f8").tobytes(),
+            )
             self.transcript.append_message("p2v", msg)
             yield msg
         self._touch()

@@ -53,7 +53,16 @@ class OpeningData:
     f_values: np.ndarray
     weights_digest: bytes
     proof: list[bytes]
-    weights: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class OpeningBatchData:
+    """Consecutive opened leaves with their weights (certified mode)."""
+
+    seeds: np.ndarray
+    f_values: np.ndarray
+    digests: list[bytes]
+    weights: np.ndarray
 
 
 def trains_weights(task: Task) -> bool:
@@ -165,15 +174,24 @@ class HonestStrategy:
         tree = merkle.MerkleTree(leaves)
         return Answers(spec, f_values, seeds, digests, tree, trained, result.weights)
 
-    def open(self, answers: Answers, index: int, with_proof: bool = True) -> OpeningData:
-        """Open leaf ``index`` faithfully, with its inclusion proof and weights when kept."""
+    def open(self, answers: Answers, index: int) -> OpeningData:
+        """Open leaf ``index`` faithfully, with its inclusion proof."""
         return OpeningData(
             index=index,
             seed=int(answers.seeds[index]),
             f_values=answers.f_values[index],
             weights_digest=answers.digests[index],
-            proof=answers.tree.proof(index) if with_proof else [],
-            weights=None if answers.weights is None else answers.weights[index],
+            proof=answers.tree.proof(index),
+        )
+
+    def open_batch(self, answers: Answers, first: int, stop: int) -> OpeningBatchData:
+        """Open leaves [first, stop) faithfully with their weights (certified mode)."""
+        assert answers.weights is not None
+        return OpeningBatchData(
+            seeds=answers.seeds[first:stop],
+            f_values=answers.f_values[first:stop],
+            digests=answers.digests[first:stop],
+            weights=answers.weights[first:stop],
         )
 
     def supply_models(self, masks: np.ndarray, progress: Progress | None = None) -> np.ndarray:

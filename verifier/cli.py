@@ -41,6 +41,14 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spot-checks", type=int, default=64, help="manual: spot checks k")
     p.add_argument("--mse-samples", type=int, default=4_000, help="manual: MSE sample size |M|")
     p.add_argument("--rho", type=float, default=0.25, help="manual: correlation ρ")
+    p.add_argument(
+        "--checks",
+        choices=["auto", "retrain", "certified"],
+        default="auto",
+        help="how challenges are checked: certified (every challenge from its weights with one "
+        "gradient pass; strongly convex tasks only), retrain (spot checks by retraining), or "
+        "auto (certified when the task supports it)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -58,8 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_checks(args: argparse.Namespace, task: Task) -> str:
+    """'certified' or 'retrain', resolving 'auto' by whether the task supports certified checks."""
+    from protocol.certify import supports_certified_checks
+
+    if args.checks == "auto":
+        return "certified" if supports_certified_checks(task) else "retrain"
+    return args.checks
+
+
 def make_plan(args: argparse.Namespace, task: Task) -> Plan:
-    """The plan the arguments ask for; raises ``ValueError`` with a readable reason."""
+    """The plan the arguments ask for; raises ``ValueError`` with a readable reason.
+
+    With certified checks every challenge is checked (k = |E|, so no lie escapes: m* = 0).
+    """
     if not 0 < args.delta < 1:
         raise ValueError(f"--delta must be in (0, 1), got {args.delta}")
     common = {
@@ -71,10 +91,11 @@ def make_plan(args: argparse.Namespace, task: Task) -> Plan:
     }
     if args.mode == "theory":
         return plan_theory(**common)
+    certified = resolve_checks(args, task) == "certified"
     return plan_manual(
         **common,
         pairs_per_level=args.pairs,
-        spot_checks=args.spot_checks,
+        spot_checks=4 * args.pairs if certified else args.spot_checks,
         mse_samples=args.mse_samples,
         rho=args.rho,
     )
@@ -112,14 +133,32 @@ def _print_result(result: Any, plan: Plan, task: Task) -> None:
         if cert is not None:
             print(f"  certified ε (with the claimed datamodel's range): {max(cert):.4g}")
     spot = result.details.get("spot_check")
-    if spot:
+    if spot and spot.get("mode") == "certified":
+        print(
+            f"  certified checks: all {spot['certified_models']} challenges from their weights; "
+            f"largest gradient norm {spot['max_grad_norm']:.3g}, so |f − f*| ≤ "
+            f"{spot['max_f_error_bound']:.3g} (τ = {spot['tolerance']:g})"
+        )
+    elif spot:
         print(
             f"  spot checks: {spot['spot_checks']} passed, max |diff| {spot['max_abs_diff']:.3g} "
             f"(τ = {spot['tolerance']:g})"
         )
     v, p = result.verifier_retrainings, result.prover_retrainings
     ratio = f" (prover ÷ verifier = {p / v:.1f})" if v else ""
-    print(f"retrainings: verifier {v}, prover {p}{ratio}")
+    cost = result.details.get("verifier_cost")
+    if cost:
+        print(
+            f"retrainings: verifier {v:.1f} retraining-equivalents ("
+            f"{cost['gradient_passes']:.0f} gradient passes = "
+            f"{cost['gradient_pass_retraining_equivalents']:.1f}, plus "
+            f"{cost['calibration_retrainings']:.0f} calibration retrainings), prover {p}{ratio}"
+        )
+    else:
+        print(f"retrainings: verifier {v}, prover {p}{ratio}")
+    timings = result.details.get("timings", {})
+    if timings:
+        print("wall time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -134,7 +173,7 @@ def _verify(args: argparse.Namespace) -> int:
             f"|E| = {plan.num_members}; that is not runnable here — use --mode manual "
             "(see `verifier plan`)"
         )
-    session = VerifierSession(task, plan, selector=args.task)
+    session = VerifierSession(task, plan, selector=args.task, checks=resolve_checks(args, task))
     progress_ctx = None
     advance = None
     if not args.no_progress and not args.json:

@@ -11,6 +11,7 @@ import grpc
 from proto.attribution.v1 import attribution_pb2 as pb
 from proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 from protocol.tasks.base import Progress
+from verifier.certified import certified_cost
 from verifier.session import Rejection, VerificationError, VerificationResult, VerifierSession
 
 log = logging.getLogger("verifier")
@@ -75,22 +76,48 @@ def run_verification(
         step = "hello"
         reply = stub.Hello(session.hello_request(), timeout=timeout_s)
         session.check_hello(reply)
-        # C and M are known from the start: retrain them while the prover works.
-        local_future = session.start_local_work(executor, progress)
+        if session.checks == "retrain":
+            # C and M are known from the start: retrain them while the prover works.
+            local_future = session.start_local_work(executor, progress)
         step = "commit"
         for chunk in stub.Commit(session.challenge_request(), timeout=timeout_s):
             session.ingest(chunk)
         session.require_commitment()
         session.timings["commit_s"] = time.monotonic() - started
         step = "open"
-        for opening in stub.Open(session.open_request(), timeout=timeout_s):
-            session.ingest_opening(opening)
+        if session.checks == "certified":
+            for batch in stub.OpenAll(session.open_all_request(), timeout=timeout_s):
+                session.ingest_opening_batch(batch)
+        else:
+            for opening in stub.Open(session.open_request(), timeout=timeout_s):
+                session.ingest_opening(opening)
+        session.timings["open_s"] = time.monotonic() - started
+        step = "open (checking)"
         session.require_all_openings()
-        step = "local retraining"
-        local = local_future.result()
+        if session.checks == "certified":
+            step = "supply models"
+            batch = 1024
+            for first in range(0, session.plan.mse_samples, batch):
+                count = min(batch, session.plan.mse_samples - first)
+                request = session.models_request(first, count)
+                models = list(stub.SupplyModels(request, timeout=timeout_s))
+                session.ingest_models(first, models)
+                if progress is not None:
+                    progress(count)
+            local = session.certified_local_work()
+        else:
+            step = "local retraining"
+            assert local_future is not None
+            local = local_future.result()
         session.timings["local_retraining_s"] = local.seconds
         step = "decide"
         result = session.decide(local)
+        if session.checks == "certified":
+            cost = certified_cost(session.task, session.spec.num_members + session.models_received)
+            result.verifier_retrainings = cost["retraining_equivalents"]
+            result.prover_retrainings += session.models_received
+            result.details["verifier_cost"] = cost
+        session.timings["total_s"] = time.monotonic() - started
         step = "finish"
         try:
             fin = stub.Finish(

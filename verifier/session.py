@@ -17,11 +17,13 @@ import numpy as np
 from proto.attribution.v1 import attribution_pb2 as pb
 from protocol import PROTOCOL_VERSION, merkle
 from protocol.accounting import Plan
+from protocol.certify import supports_certified_checks
 from protocol.challenges import ChallengeSpec, PrivateSample, draw_spot_checks, public_seed
 from protocol.decision import datamodel_predictions, datamodel_range, decide, mse_estimate
 from protocol.residual import estimate_residual
 from protocol.tasks.base import Progress, Task, TaskIdentity
 from protocol.transcript import Transcript
+from verifier.certified import CertificationFailure, CertifiedOpenings, certify_supplied
 
 
 class VerificationError(Exception):
@@ -53,7 +55,8 @@ class VerificationResult:
     epsilon: float
     delta: float
     num_train_points: int
-    verifier_retrainings: int
+    #: Retrainings, or retraining-equivalents (a float) when checks are certified.
+    verifier_retrainings: float
     prover_retrainings: int
     mse_hat: list[float] | None = None
     residual_hat: list[float] | None = None
@@ -83,9 +86,19 @@ class VerificationResult:
 class VerifierSession:
     """One run against one prover. Secret state (C, M) is drawn from a CSPRNG at construction."""
 
-    def __init__(self, task: Task, plan: Plan, selector: str | None = None) -> None:
+    def __init__(
+        self, task: Task, plan: Plan, selector: str | None = None, checks: str = "retrain"
+    ) -> None:
+        if checks not in ("retrain", "certified"):
+            raise ValueError(f"checks must be 'retrain' or 'certified', got {checks!r}")
+        if checks == "certified" and not supports_certified_checks(task):
+            raise ValueError(
+                f"task {task.name!r} does not support certified checks (it is not strongly "
+                "convex); use --checks retrain"
+            )
         self.task = task
         self.plan = plan
+        self.checks = checks
         self.selector = selector or task.selector
         self.N = task.num_train_points
         self.Z = task.num_targets
@@ -110,6 +123,10 @@ class VerifierSession:
         self.prover_retrainings = 0
         self.openings: dict[int, pb.Opening] = {}
         self.timings: dict[str, float] = {}
+        self._certified: CertifiedOpenings | None = None
+        self.certified_summary: dict[str, float] | None = None
+        self.mse_f_parts: list[np.ndarray] = []
+        self.models_received = 0
 
     # ---- local work -------------------------------------------------------------------------
     def start_local_work(
@@ -272,9 +289,32 @@ class VerifierSession:
     def open_request(self) -> pb.OpenRequest:
         """Reveal the spot-check set C — only after the complete commitment arrived."""
         self.require_commitment()
+        if self.checks == "certified":
+            raise VerificationError("certified checks open every challenge: use open_all_request")
         msg = pb.OpenRequest(session_id=self.session_id, indices=self.spot_indices.tolist())
         self.transcript.append_message("v2p", msg)
         return msg
+
+    def open_all_request(self) -> pb.OpenAllRequest:
+        """Certified mode: ask for every challenge with its weights, after the full commitment."""
+        self.require_commitment()
+        if self.checks != "certified":
+            raise VerificationError("open_all is only for certified checks")
+        assert self.root is not None
+        self._certified = CertifiedOpenings(self.task, self.spec, self.f_values, self.root)
+        msg = pb.OpenAllRequest(session_id=self.session_id)
+        self.transcript.append_message("v2p", msg)
+        return msg
+
+    def ingest_opening_batch(self, batch: pb.OpeningBatch) -> None:
+        """Certified mode: check one batch of openings; raises ``Rejection`` when bad."""
+        self.transcript.append_message("p2v", batch)
+        if self._certified is None:
+            raise VerificationError("opening batch arrived before open_all was requested")
+        try:
+            self._certified.add_batch(batch)
+        except CertificationFailure as exc:
+            raise Rejection(str(exc)) from exc
 
     def ingest_opening(self, opening: pb.Opening) -> None:
         """Check one opening against the root; raises ``Rejection`` on a bad opening."""
@@ -311,7 +351,14 @@ class VerifierSession:
         self.openings[index] = opening
 
     def require_all_openings(self) -> None:
-        """Raise ``Rejection`` unless every index of C was opened."""
+        """Raise ``Rejection`` unless every index of C was opened (and, certified, checks out)."""
+        if self._certified is not None:
+            if self.certified_summary is None:
+                try:
+                    self.certified_summary = self._certified.verify()
+                except CertificationFailure as exc:
+                    raise Rejection(str(exc)) from exc
+            return
         missing = sorted(set(self.spot_indices.tolist()) - set(self.openings))
         if missing:
             raise Rejection(
@@ -344,10 +391,52 @@ class VerifierSession:
                     )
         return {"spot_checks": len(self.spot_indices), "max_abs_diff": worst, "tolerance": tau}
 
+    # ---- step 3b (certified): the prover trains the revealed MSE sample ------------------------
+    def models_request(self, first: int, count: int) -> pb.ModelsRequest:
+        """Reveal M's key and ask for models [first, first + count) — only after the openings."""
+        if self.checks != "certified" or self.certified_summary is None:
+            raise VerificationError("the MSE sample may be revealed only after certified openings")
+        msg = pb.ModelsRequest(
+            session_id=self.session_id, sample_key=self.mse_sample.key, first=first, count=count
+        )
+        self.transcript.append_message("v2p", msg)
+        return msg
+
+    def ingest_models(self, first: int, models: list[pb.SuppliedModel]) -> None:
+        """Certify a batch of supplied MSE-sample models; raises ``Rejection`` on failure."""
+        for m in models:
+            self.transcript.append_message("p2v", m)
+        indices = np.arange(first, first + len(models))
+        try:
+            f = certify_supplied(self.task, self.mse_sample, indices, models)
+        except CertificationFailure as exc:
+            raise Rejection(str(exc)) from exc
+        self.mse_f_parts.append(f)
+        self.models_received += len(models)
+
+    def certified_local_work(self) -> LocalWork:
+        """The MSE sample as certified from supplied models (no local retraining)."""
+        count = self.models_received
+        if count != self.plan.mse_samples:
+            raise VerificationError(
+                f"prover supplied {count} of the {self.plan.mse_samples} MSE-sample models"
+            )
+        return LocalWork(
+            spot_f=np.zeros((0, self.Z)),
+            spot_digests=[],
+            mse_masks=self.mse_sample.masks(),
+            mse_f=np.concatenate(self.mse_f_parts, axis=0),
+            retrainings=0,
+            seconds=0.0,
+        )
+
     def decide(self, local: LocalWork) -> VerificationResult:
         """Spot checks, residual estimate, MSE on the private sample, and the decision rule."""
         self.require_all_openings()
-        spot = self.spot_check(local)
+        if self.checks == "certified":
+            spot: dict[str, Any] = {"mode": "certified", **(self.certified_summary or {})}
+        else:
+            spot = self.spot_check(local)
         residual = estimate_residual(self.f_values, self.spec.rho)
         predictions = datamodel_predictions(local.mse_masks, self.intercepts, self.coefficients)
         mse_hat = mse_estimate(local.mse_f, predictions)

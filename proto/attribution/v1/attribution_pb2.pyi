@@ -95,32 +95,48 @@ class CommitChunk(_message.Message):
     def __init__(self, attribution: _Optional[_Union[AttributionPart, _Mapping]] = ..., f_values: _Optional[_Union[FValuesPart, _Mapping]] = ..., root: _Optional[_Union[CommitmentRoot, _Mapping]] = ...) -> None: ...
 
 class OpenRequest(_message.Message):
-    __slots__ = ("session_id", "indices", "include_weights", "open_all")
+    __slots__ = ("session_id", "indices")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     INDICES_FIELD_NUMBER: _ClassVar[int]
-    INCLUDE_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
-    OPEN_ALL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     indices: _containers.RepeatedScalarFieldContainer[int]
-    include_weights: bool
-    open_all: bool
-    def __init__(self, session_id: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ..., include_weights: _Optional[bool] = ..., open_all: _Optional[bool] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class OpenAllRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class OpeningBatch(_message.Message):
+    __slots__ = ("first_index", "count", "f_values", "seeds", "weights_digests", "weights")
+    FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    F_VALUES_FIELD_NUMBER: _ClassVar[int]
+    SEEDS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    first_index: int
+    count: int
+    f_values: _containers.RepeatedScalarFieldContainer[float]
+    seeds: _containers.RepeatedScalarFieldContainer[int]
+    weights_digests: bytes
+    weights: bytes
+    def __init__(self, first_index: _Optional[int] = ..., count: _Optional[int] = ..., f_values: _Optional[_Iterable[float]] = ..., seeds: _Optional[_Iterable[int]] = ..., weights_digests: _Optional[bytes] = ..., weights: _Optional[bytes] = ...) -> None: ...
 
 class Opening(_message.Message):
-    __slots__ = ("index", "seed", "f_values", "weights_digest", "proof", "weights")
+    __slots__ = ("index", "seed", "f_values", "weights_digest", "proof")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     F_VALUES_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PROOF_FIELD_NUMBER: _ClassVar[int]
-    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     index: int
     seed: int
     f_values: _containers.RepeatedScalarFieldContainer[float]
     weights_digest: bytes
     proof: _containers.RepeatedScalarFieldContainer[bytes]
-    weights: bytes
-    def __init__(self, index: _Optional[int] = ..., seed: _Optional[int] = ..., f_values: _Optional[_Iterable[float]] = ..., weights_digest: _Optional[bytes] = ..., proof: _Optional[_Iterable[bytes]] = ..., weights: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, index: _Optional[int] = ..., seed: _Optional[int] = ..., f_values: _Optional[_Iterable[float]] = ..., weights_digest: _Optional[bytes] = ..., proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ModelsRequest(_message.Message):
     __slots__ = ("session_id", "sample_key", "first", "count")

@@ -49,6 +49,11 @@ class ProverStub:
                 request_serializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.OpenRequest.SerializeToString,
                 response_deserializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.Opening.FromString,
                 _registered_method=True)
+        self.OpenAll = channel.unary_stream(
+                '/attribution.v1.Prover/OpenAll',
+                request_serializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.OpenAllRequest.SerializeToString,
+                response_deserializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.OpeningBatch.FromString,
+                _registered_method=True)
         self.SupplyModels = channel.unary_stream(
                 '/attribution.v1.Prover/SupplyModels',
                 request_serializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.ModelsRequest.SerializeToString,
@@ -77,6 +82,12 @@ class ProverServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Open(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenAll(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +122,11 @@ def add_ProverServicer_to_server(servicer, server):
                     servicer.Open,
                     request_deserializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.OpenRequest.FromString,
                     response_serializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.Opening.SerializeToString,
+            ),
+            'OpenAll': grpc.unary_stream_rpc_method_handler(
+                    servicer.OpenAll,
+                    request_deserializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.OpenAllRequest.FromString,
+                    response_serializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.OpeningBatch.SerializeToString,
             ),
             'SupplyModels': grpc.unary_stream_rpc_method_handler(
                     servicer.SupplyModels,
@@ -204,6 +220,33 @@ class Prover:
             '/attribution.v1.Prover/Open',
             proto_dot_attribution_dot_v1_dot_attribution__pb2.OpenRequest.SerializeToString,
             proto_dot_attribution_dot_v1_dot_attribution__pb2.Opening.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenAll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/attribution.v1.Prover/OpenAll',
+            proto_dot_attribution_dot_v1_dot_attribution__pb2.OpenAllRequest.SerializeToString,
+            proto_dot_attribution_dot_v1_dot_attribution__pb2.OpeningBatch.FromString,
             options,
             channel_credentials,
             insecure,
