@@ -117,7 +117,14 @@ REAL_SIZES = ["--mode", "manual", "--pairs", "10000", "--spot-checks", "32",
 
 def test_real_task_honest_accepted_and_scaled_rejected(prover_factory) -> None:
     honest = prover_factory("--task", REAL_TASK)
+    # Certified checks (the default for this convex task): every challenge from its weights.
     rc, out = run_verifier(honest.address, "--task", REAL_TASK, *REAL_SIZES)
+    assert (rc, out["verdict"]) == (0, "accept"), out["reason"]
+    assert out["spot_check"]["certified_models"] == 40_000
+    assert out["spot_check"]["max_f_error_bound"] <= 1e-6
+    assert out["verifier_cost"]["gradient_passes"] == 40_000 + 1000
+    # Retraining-based spot checks on the same prover.
+    rc, out = run_verifier(honest.address, "--task", REAL_TASK, *REAL_SIZES, "--checks", "retrain")
     assert (rc, out["verdict"]) == (0, "accept"), out["reason"]
     assert out["spot_check"]["max_abs_diff"] <= 1e-6
     cheat = prover_factory("--task", REAL_TASK, "--cheat", "scale:0.2")
