@@ -65,7 +65,8 @@ def serve_forever(
     if on_started is not None:
         on_started()
     try:
-        stop.wait()
+        while not stop.wait(0.5):  # a bounded wait keeps the main thread responsive to signals
+            pass
     finally:
         server.stop(grace_s).wait()
         for s, handler in previous.items():

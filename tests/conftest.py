@@ -42,7 +42,7 @@ class ProverProcess:
         """Send ``sig`` and wait for exit; returns the exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30)
+        return self.proc.wait(timeout=90)
 
 
 def start_prover(tmp_path: Path, *args: str, timeout_s: float = 120.0) -> ProverProcess:
