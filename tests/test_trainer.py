@@ -151,9 +151,66 @@ def test_squash_is_bounded() -> None:
 def test_flop_count_is_positive(digits: LogisticRegressionTask) -> None:
     stats = trainer.NewtonStats()
     trainer.train_logreg(digits.design, _masks(digits, 9, 7), digits.l2, stats=stats)
-    assert stats.hessian_paths == {"packed"}
     assert stats.model_iterations >= 9
+    # protocol.certify relies on this: one evaluation at the start, then one per accepted step
+    assert stats.model_grad_evals - stats.model_iterations == 9
+    assert stats.model_newton_steps <= stats.model_iterations
     assert trainer.logreg_flops(digits.design.num_points, digits.design.dim, stats) > 0
+
+
+def test_reference_start_is_cached_and_stationary(digits: LogisticRegressionTask) -> None:
+    ref = digits.design.reference(digits.l2)
+    assert digits.design.reference(digits.l2) is ref  # computed once, shared by every batch
+    # w0 is the optimum of the half-weighted full-data problem
+    n = digits.num_train_points
+    X, y = digits.design.X, digits.design.y
+    s = 1.0 / (1.0 + np.exp(y * (X @ ref.w0)))
+    grad = -trainer.REFERENCE_WEIGHT * ((s * y) @ X) / n + digits.l2 * ref.w0
+    assert np.linalg.norm(grad) <= 1e-12
+    assert np.all(ref.curvature >= 0)
+    assert ref.basis.shape == (digits.design.dim, digits.design.dim)
+
+
+def test_exact_newton_path_agrees_with_frozen_path(digits: LogisticRegressionTask) -> None:
+    import torch
+
+    masks = _masks(digits, 10, 11)
+    m = torch.from_numpy(masks).to(torch.float64)
+    stats = trainer.NewtonStats()
+    # no reference: every model starts at 0 and takes exact (packed-Hessian) Newton steps
+    w_newton, g_newton = trainer._solve_batch(
+        digits.design,
+        m,
+        None,
+        l2=digits.l2,
+        tol=digits.tol,
+        max_iter=100,
+        device=torch.device("cpu"),
+        stats=stats,
+    )
+    assert stats.hessian_paths == {"packed"}
+    assert stats.model_newton_steps == stats.model_iterations
+    assert bool((g_newton <= digits.tol).all())
+    w_frozen, g_frozen = digits.train(masks)
+    assert np.all(g_frozen <= digits.tol)
+    f_newton = digits.outputs(w_newton.numpy())
+    assert np.max(np.abs(f_newton - digits.outputs(w_frozen))) <= digits.certified_disagreement
+
+
+@pytest.mark.parametrize("p", [0.02, 0.3, 0.9, 1.0])
+def test_converges_for_subset_sizes_far_from_the_reference(
+    digits: LogisticRegressionTask, p: float
+) -> None:
+    # the shared start point and preconditioner are built for |S| ≈ N/2; other sizes must still
+    # converge (by the per-model scaling, backtracking or the switch to exact Newton)
+    masks = np.random.default_rng(12).random((16, digits.num_train_points)) < p
+    stats = trainer.NewtonStats()
+    weights, norms = trainer.train_logreg(
+        digits.design, masks, digits.l2, tol=digits.tol, stats=stats
+    )
+    assert np.all(norms <= digits.tol)
+    assert np.all(digits.gradient_norm(weights, masks) <= 2 * digits.tol)
+    assert stats.model_iterations <= 40 * 16
 
 
 def test_mlp_same_seed_identical_different_seed_differs(mlp: MLPTask) -> None:

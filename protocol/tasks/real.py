@@ -305,7 +305,13 @@ class LogisticRegressionTask(_RealTask):
                 "objective": "(1/N) sum_i mask_i log(1+exp(-y_i w.x_i)) + (l2/2)||w||^2 "
                 "(bias regularised)",
                 "l2": self.l2,
-                "optimizer": "batched damped Newton (Armijo c=1e-4, halving), from w=0",
+                "optimizer": "batched damped Newton-type steps (Armijo c=1e-4, halving; untested "
+                "when squared decrement < 1e-12) with a frozen preconditioner V diag(q*a+l2) V^T, "
+                "q=|S|/N, V diag(a) V^T = (1/N) sum_i s_i(1-s_i) x_i x_i^T at w0; a model switches "
+                "to exact Newton (Cholesky) after a backtracked step or one shrinking ||grad|| by "
+                "less than 0.8x",
+                "start": "(q/0.5)*w0, w0 = optimum of (0.5/N) sum_i log(1+exp(-y_i w.x_i)) + "
+                "(l2/2)||w||^2 by exact damped Newton from 0 to ||grad|| <= 1e-13 (CPU)",
                 "stop": "first iterate with ||grad L_S||_2 <= tol",
                 "tol": self.tol,
                 "max_iter": self.max_iter,
