@@ -34,9 +34,24 @@ def _positive_float(text: str) -> float:
 
 def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="synthetic", help="task selector NAME[:k=v,...] or a file")
-    p.add_argument("--epsilon", type=_positive_float, default=0.2, help="ε, squared units of f")
+    p.add_argument(
+        "--epsilon", type=_positive_float, default=None, help="ε in squared units of f (0.2)"
+    )
+    p.add_argument(
+        "--epsilon-rel",
+        type=_positive_float,
+        default=None,
+        metavar="R",
+        help="practical mode: ε = R·Var f, Var f lower-bounded from the verifier's own models",
+    )
     p.add_argument("--delta", type=_positive_float, default=0.05, help="failure probability δ")
-    p.add_argument("--mode", choices=["theory", "manual"], default="manual")
+    p.add_argument("--mode", choices=["theory", "practical", "manual"], default="manual")
+    p.add_argument(
+        "--max-mse-samples",
+        type=int,
+        default=200_000,
+        help="practical: cap on the sequential MSE sample",
+    )
     p.add_argument("--pairs", type=int, default=50_000, help="manual: coupled tuples (pairs/level)")
     p.add_argument("--spot-checks", type=int, default=64, help="manual: spot checks k")
     p.add_argument("--mse-samples", type=int, default=4_000, help="manual: MSE sample size |M|")
@@ -75,15 +90,38 @@ def resolve_checks(args: argparse.Namespace, task: Task) -> str:
     return args.checks
 
 
-def make_plan(args: argparse.Namespace, task: Task) -> Plan:
+def make_plan(args: argparse.Namespace, task: Task) -> Any:
     """The plan the arguments ask for; raises ``ValueError`` with a readable reason.
 
     With certified checks every challenge is checked (k = |E|, so no lie escapes: m* = 0).
+    Practical mode first retrains a small pilot (counted in ``pilot_retrainings``).
     """
     if not 0 < args.delta < 1:
         raise ValueError(f"--delta must be in (0, 1), got {args.delta}")
+    if args.epsilon is not None and args.epsilon_rel is not None:
+        raise ValueError("give --epsilon or --epsilon-rel, not both")
+    certified = resolve_checks(args, task) == "certified"
+    if args.mode == "practical":
+        from verifier.practical_flow import make_practical_plan
+
+        if args.max_mse_samples < 2:
+            raise ValueError("--max-mse-samples must be at least 2")
+        plan, pilot = make_practical_plan(
+            task,
+            args.delta,
+            epsilon=None if args.epsilon_rel is not None else (args.epsilon or 0.2),
+            epsilon_rel=args.epsilon_rel,
+            certified=certified,
+            max_mse_samples=args.max_mse_samples,
+        )
+        args.pilot_retrainings = pilot.retrainings
+        return plan
+    if args.epsilon_rel is not None:
+        raise ValueError("--epsilon-rel needs --mode practical (Var f is estimated there)")
+    if args.pairs < 1 or args.spot_checks < 1 or args.mse_samples < 1:
+        raise ValueError("--pairs, --spot-checks and --mse-samples must be positive")
     common = {
-        "epsilon": args.epsilon,
+        "epsilon": args.epsilon or 0.2,
         "delta": args.delta,
         "output_bound": task.output_bound,
         "tolerance": task.tolerance,
@@ -91,7 +129,6 @@ def make_plan(args: argparse.Namespace, task: Task) -> Plan:
     }
     if args.mode == "theory":
         return plan_theory(**common)
-    certified = resolve_checks(args, task) == "certified"
     return plan_manual(
         **common,
         pairs_per_level=args.pairs,
@@ -101,19 +138,38 @@ def make_plan(args: argparse.Namespace, task: Task) -> Plan:
     )
 
 
-def _plan_lines(plan: Plan, task: Task) -> list[str]:
+def _plan_lines(plan: Any, task: Task) -> list[str]:
     b = plan.budget
-    return [
-        f"plan ({plan.mode}): ε={plan.epsilon:g} δ={plan.delta:g} b={plan.output_bound:.4g} "
-        f"τ={plan.tolerance:g} Z={plan.num_targets} N={task.num_train_points}",
+    eps = plan.epsilon if isinstance(plan.epsilon, float) else min(plan.epsilon)
+    head = [
+        f"plan ({plan.mode}): ε={eps:.4g}"
+        + (
+            f" (= {plan.epsilon_rel:g}·LCB(Var f), smallest target)"
+            if getattr(plan, "epsilon_rel", None)
+            else ""
+        )
+        + f" δ={plan.delta:g} b={plan.output_bound:.4g} τ={plan.tolerance:g} "
+        f"Z={plan.num_targets} N={task.num_train_points}",
         f"  ρ={plan.rho:.4g}  pairs/level={plan.pairs_per_level}  singles={plan.singles}  "
-        f"|E|={plan.num_members}  k={plan.spot_checks}  |M|={plan.mse_samples}  "
-        f"m*={plan.lie_allowance}",
+        f"|E|={plan.num_members}  k={plan.spot_checks}  |M|={plan.mse_samples}"
+        f"{' (cap)' if plan.mode == 'practical' else ''}  m*={plan.lie_allowance}",
+    ]
+    if plan.mode == "practical":
+        return [
+            *head,
+            "  budget (predicted): " + ", ".join(f"{k} {v:.3g}" for k, v in b.items()),
+            "  guarantee: non-asymptotic (empirical Bernstein residual, anytime-valid MSE "
+            "confidence sequence); sizes are pilot predictions",
+            f"  retrainings: verifier ≤ {plan.verifier_retrainings}, "
+            f"prover ≥ {plan.prover_retrainings}",
+        ]
+    return [
+        *head,
         f"  budget: fit bias ≤ {b['fit_bias']:.4g}, residual ±{b['residual_halfwidth']:.4g}, "
         f"lies ≤ {b['lie_effect']:.4g}, τ charge {b['tau_charge']:.4g}, "
         f"MSE ±{b['mse_halfwidth_planned']:.4g} (if |g| ≤ b)",
         f"  certified ε at these sizes: {b['epsilon_certified']:.4g} "
-        f"({'meets' if plan.guarantee_met else 'does NOT meet'} the requested ε={plan.epsilon:g})",
+        f"({'meets' if plan.guarantee_met else 'does NOT meet'} the requested ε={eps:g})",
         f"  retrainings: verifier {plan.verifier_retrainings}, prover ≥ {plan.prover_retrainings}",
     ]
 
@@ -123,7 +179,16 @@ def _print_result(result: Any, plan: Plan, task: Task) -> None:
         print(line)
     print(f"verdict: {result.verdict.upper()}")
     print(f"reason:  {result.reason}")
-    if result.mse_hat is not None:
+    if result.details.get("mode") == "practical":
+        dec = result.details["decision"]
+        for t in range(len(dec["epsilon"])):
+            print(
+                f"  target {t}: err ∈ [{dec['err_lower'][t]:.4g}, {dec['err_upper'][t]:.4g}] "
+                f"vs ε={dec['epsilon'][t]:.4g}  (msê={dec['mse_estimate'][t]:.4g}, "
+                f"B≥2 ∈ [{dec['residual_lower'][t]:.4g}, {dec['residual_upper'][t]:.4g}])"
+            )
+        print(f"  stopped: {result.details['stop_reason']}")
+    elif result.mse_hat is not None:
         dec = result.details.get("decision", {})
         thr = dec.get("threshold", [])
         for t, (m, r) in enumerate(zip(result.mse_hat, result.residual_hat, strict=True)):
@@ -186,6 +251,10 @@ def _verify(args: argparse.Namespace) -> int:
     finally:
         if progress_ctx is not None:
             progress_ctx.__exit__(None, None, None)
+    pilot = getattr(args, "pilot_retrainings", 0)
+    if pilot:
+        result.verifier_retrainings += pilot
+        result.details["pilot_retrainings"] = pilot
     if args.json:
         print(json.dumps(result.to_dict(), default=_json_default))
     else:
@@ -205,28 +274,74 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def _verifier_cost(plan: Any, task: Task, certified: bool, pilot: int) -> float:
+    """Verifier cost in retraining-equivalents (certified checks cost one gradient pass each)."""
+    if not certified:
+        return float(plan.verifier_retrainings + pilot)
+    from verifier.certified import certified_cost
+
+    checks = (
+        plan.num_members
+        + plan.mse_samples
+        + getattr(plan, "variance_samples", 0) * (getattr(plan, "epsilon_rel", None) is not None)
+    )
+    return certified_cost(task, int(checks))["retraining_equivalents"] + pilot
+
+
 def _plan(args: argparse.Namespace) -> int:
     task = load_task(args.task)
-    plans = {"theory": None, "manual": None}
-    for mode in plans:
+    certified = resolve_checks(args, task) == "certified"
+    plans: dict[str, Any] = {}
+    costs: dict[str, float] = {}
+    epsilon_rel = args.epsilon_rel
+    for mode in ("practical", "theory", "manual"):
         args.mode = mode
+        args.pilot_retrainings = 0
+        if mode != "practical" and epsilon_rel is not None:
+            # Theory and manual need an absolute ε: use the practical plan's resolved ε.
+            practical = plans.get("practical")
+            if not isinstance(practical, Exception) and practical is not None:
+                args.epsilon, args.epsilon_rel = min(practical.epsilon), None
         try:
             plans[mode] = make_plan(args, task)
+            costs[mode] = _verifier_cost(plans[mode], task, certified, args.pilot_retrainings)
         except ValueError as exc:
-            plans[mode] = exc  # type: ignore[assignment]
+            plans[mode] = exc
+    ok = {m: p for m, p in plans.items() if not isinstance(p, Exception)}
+    summary: dict[str, Any] = {
+        "checks": "certified" if certified else "retrain",
+        "theory_verifier_retrainings": costs.get("theory"),
+        "practical_verifier_retrainings": costs.get("practical"),
+        "manual_verifier_retrainings": costs.get("manual"),
+        "prover_retrainings": ok["practical"].prover_retrainings if "practical" in ok else None,
+        "ratio": (
+            costs["theory"] / costs["practical"]
+            if "theory" in costs and "practical" in costs
+            else None
+        ),
+    }
+    for m, cost in costs.items():
+        summary[f"{m}_leverage"] = ok[m].prover_retrainings / cost if cost else None
     if args.json:
         out = {
-            mode: (p.to_dict() if isinstance(p, Plan) else {"error": str(p)})
-            for mode, p in plans.items()
+            **summary,
+            **{m: (p.to_dict() if m in ok else {"error": str(p)}) for m, p in plans.items()},
         }
         print(json.dumps(out, default=_json_default))
         return 0
     for mode, p in plans.items():
-        if isinstance(p, Plan):
+        if mode in ok:
             for line in _plan_lines(p, task):
                 print(line)
+            unit = "retraining-equivalents" if certified else "retrainings"
+            print(
+                f"  verifier cost {costs[mode]:.4g} {unit}; leverage prover ÷ verifier = "
+                f"{p.prover_retrainings / costs[mode]:.3g}"
+            )
         else:
             print(f"plan ({mode}): not available: {p}")
+    if summary["ratio"] is not None:
+        print(f"theory ÷ practical verifier cost: {summary['ratio']:.3g}")
     return 0
 
 

@@ -13,9 +13,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
+import numpy as np
+
 from proto.attribution.v1 import attribution_pb2 as pb
 from protocol.tasks.base import Progress
 from verifier.certified import certified_cost
+from verifier.practical_flow import run_sequential_mse
 from verifier.session import (
     LocalWork,
     Rejection,
@@ -90,6 +93,42 @@ def _certified_mse(
     return session.certified_local_work()
 
 
+def _practical(
+    session: VerifierSession,
+    transport: ProverTransport,
+    local_future: Future[LocalWork] | None,
+    progress: Progress | None,
+    enter: Callable[[str], None],
+) -> VerificationResult:
+    local = None
+    if session.checks == "retrain":
+        enter("local retraining (spot checks)")
+        assert local_future is not None
+        local = local_future.result()
+        session.spot_check(local)  # a failed spot check rejects before any MSE work
+
+    def fetch(first: int, count: int) -> np.ndarray:
+        if session.checks == "certified":
+            models = list(transport.supply_models(session.models_request(first, count)))
+            session.ingest_models(first, models)
+            return session.mse_f_parts[-1]
+        return session.retrain_mse(first, count)
+
+    enter("sequential MSE")
+    outcome = run_sequential_mse(
+        session.plan,  # type: ignore[arg-type]
+        session.task,
+        session.f_values,
+        session.intercepts,
+        session.coefficients,
+        session.mse_sample.masks,
+        fetch,
+        progress,
+    )
+    enter("decide")
+    return session.decide_practical(outcome, local)
+
+
 def run_protocol(
     session: VerifierSession,
     transport: ProverTransport,
@@ -133,16 +172,19 @@ def run_protocol(
                 session.ingest_opening(opening)
         session.require_all_openings()
         session.timings["open_s"] = time.monotonic() - started
-        if session.checks == "certified":
-            enter("supply models")
-            local = _certified_mse(session, transport, progress)
+        if session.practical:
+            result = _practical(session, transport, local_future, progress, enter)
         else:
-            enter("local retraining")
-            assert local_future is not None
-            local = local_future.result()
-        session.timings["local_retraining_s"] = local.seconds
-        enter("decide")
-        result = session.decide(local)
+            if session.checks == "certified":
+                enter("supply models")
+                local = _certified_mse(session, transport, progress)
+            else:
+                enter("local retraining")
+                assert local_future is not None
+                local = local_future.result()
+            session.timings["local_retraining_s"] = local.seconds
+            enter("decide")
+            result = session.decide(local)
         if session.checks == "certified":
             cost = certified_cost(session.task, session.spec.num_members + session.models_received)
             result.verifier_retrainings = cost["retraining_equivalents"]

@@ -110,7 +110,12 @@ class VerifierSession:
             p=task.p,
         )
         self.spot_indices = draw_spot_checks(self.spec.num_members, plan.spot_checks)
-        self.mse_sample = PrivateSample.fresh(plan.mse_samples, self.N, task.p)
+        self.practical = plan.mode == "practical"
+        sample_size = plan.mse_samples
+        if self.practical:
+            sample_size = max(plan.mse_samples, getattr(plan, "variance_samples", 0))
+        self.mse_sample = PrivateSample.fresh(sample_size, self.N, task.p)
+        self.local_retrainings = 0
         self.transcript = Transcript()
         self.session_id = ""
         self.intercepts = np.full(self.Z, np.nan)
@@ -139,8 +144,10 @@ class VerifierSession:
         started = time.monotonic()
         spot_masks = self.spec.member_masks(self.spot_indices)
         spot_seeds = self.spec.member_seeds(self.spot_indices)
-        mse_masks = self.mse_sample.masks()
-        mse_seeds = self.mse_sample.seeds()
+        # Practical mode consumes M sequentially later (and may stop early): only C here.
+        none = np.zeros(0, dtype=np.int64)
+        mse_masks = self.mse_sample.masks(none if self.practical else None)
+        mse_seeds = self.mse_sample.seeds(none if self.practical else None)
         masks = np.concatenate([spot_masks, mse_masks], axis=0)
         seeds = np.concatenate([spot_seeds, mse_seeds]).astype(np.uint64)
         result = self.task.retrain(masks, seeds, progress=progress)
@@ -428,6 +435,46 @@ class VerifierSession:
             mse_f=np.concatenate(self.mse_f_parts, axis=0),
             retrainings=0,
             seconds=0.0,
+        )
+
+    def retrain_mse(self, first: int, count: int) -> np.ndarray:
+        """Retrain MSE-sample members [first, first + count) locally; their f-values (count, Z)."""
+        idx = np.arange(first, first + count)
+        result = self.task.retrain(self.mse_sample.masks(idx), self.mse_sample.seeds(idx))
+        self.local_retrainings += count
+        return np.asarray(result.f, dtype=np.float64)
+
+    def decide_practical(self, outcome: Any, local: LocalWork | None) -> VerificationResult:
+        """The practical-mode result: spot checks (if any) passed; the sequential decision."""
+        self.require_all_openings()
+        if self.checks == "certified":
+            spot: dict[str, Any] = {"mode": "certified", **(self.certified_summary or {})}
+        else:
+            assert local is not None
+            spot = self.spot_check(local)
+        decision = outcome.decision
+        eps = [float(e) for e in outcome.epsilon]
+        verdict = "accept" if decision.verdict == "accept" else "reject"
+        return VerificationResult(
+            verdict=verdict,
+            reason=f"{decision.reason}; {outcome.stop_reason}",
+            epsilon=eps[0] if len(eps) == 1 else eps,  # type: ignore[arg-type]
+            delta=self.plan.delta,
+            num_train_points=self.N,
+            verifier_retrainings=self.local_retrainings + (local.retrainings if local else 0),
+            prover_retrainings=self.prover_retrainings,
+            mse_hat=[float(v) for v in decision.mse_estimate],
+            residual_hat=[float(v) for v in outcome.residual.estimate],
+            details={
+                "mode": "practical",
+                "decision": decision.to_dict(),
+                "stop_reason": outcome.stop_reason,
+                "mse_samples_used": outcome.mse_samples_used,
+                "plan": self.plan.to_dict(),
+                "spot_check": spot,
+                "merkle_root": self.root.hex() if self.root else None,
+                "transcript_hash": self.transcript.hexdigest,
+            },
         )
 
     def decide(self, local: LocalWork) -> VerificationResult:
