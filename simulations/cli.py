@@ -1,0 +1,328 @@
+"""``simulations`` console command: cheating gRPC servers and acceptance sweeps.
+
+* ``simulations serve ADVERSARY --strength S --port P [--task T]``: a real gRPC prover that cheats
+  (prints ``LISTENING host:port`` like ``prover serve``; logs say ADVERSARIAL).
+* ``simulations run [--quick] [--json] [--grpc] [--real] ...``: sweep adversary × strength × ε ×
+  trials against the real verifier; resumable (``OUT/cells.jsonl``), writes ``table.md`` and plots.
+* ``simulations list``: the catalogue.
+
+Exit codes: 0 done, 2 bad input or startup error, 130 interrupted (finished cells are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("simulations")
+
+#: The quick grid: every adversary at one or two strengths, ε = 0.2, small sizes, 4 trials.
+QUICK_GRID: dict[str, tuple[float, ...]] = {
+    "honest": (1.0,),
+    "scale": (0.5, 0.0),
+    "boost": (0.1, 0.2),
+    "noise": (0.03, 0.06),
+    "intercept": (0.3, 0.6),
+    "weak": (2000.0, 150.0),
+    "lazy": (0.01, 0.1),
+    "targeted": (0.5,),
+    "wrong-subset": (0.01,),
+    "wrong-seed": (0.01,),
+    "equivocate": (0.01,),
+    "replay": (0.1,),
+    "fp-noise": (1e-10, 1e-6),
+}
+QUICK_SIZES = {"pairs": 10_000, "spot_checks": 64, "mse_samples": 4_000, "trials": 4}
+#: Real-task cells (``--real``): scaling and boosting on digits-logreg, certified checks.
+REAL_GRID: dict[str, tuple[float, ...]] = {"honest": (1.0,), "scale": (0.5, 0.0), "boost": (0.05,)}
+REAL_SIZES = {"pairs": 1_000, "mse_samples": 1_000, "trials": 3}
+REAL_EPSILON = 0.01
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for the ``simulations`` command."""
+    from simulations.adversaries import ADVERSARIES, ALIASES
+
+    names = ["honest", *ADVERSARIES, *ALIASES]
+    parser = argparse.ArgumentParser(
+        prog="simulations", description="Adversarial provers against the real verifier"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run a cheating gRPC prover (ADVERSARIAL)")
+    serve.add_argument("adversary", choices=names)
+    serve.add_argument("--strength", type=float, required=True)
+    serve.add_argument("--task", default="synthetic")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=50061, help="0 picks a free port")
+    serve.add_argument("--workers", type=int, default=8)
+    serve.add_argument("--max-sessions", type=int, default=16)
+    serve.add_argument("--seed", type=int, default=0, help="the adversary's own randomness")
+    serve.add_argument("--epsilon", type=float, default=0.2, help="targeted: the verifier's ε")
+    serve.add_argument(
+        "--lie-allowance",
+        type=int,
+        default=None,
+        help="targeted: m* (default: from a manual plan with --pairs/--spot-checks)",
+    )
+    serve.add_argument("--pairs", type=int, default=50_000)
+    serve.add_argument("--spot-checks", type=int, default=64)
+    serve.add_argument(
+        "--honest-samples",
+        type=int,
+        default=2_000,
+        help="non-synthetic tasks: regression samples of the honest attribution",
+    )
+
+    run = sub.add_parser("run", help="sweep adversary × strength × ε × trials")
+    run.add_argument("--quick", action="store_true", help="small fixed-seed grid (~1 minute)")
+    run.add_argument("--json", action="store_true", help="print one JSON object with the cells")
+    run.add_argument("--grpc", action="store_true", help="over real gRPC servers, not in-process")
+    run.add_argument("--real", action="store_true", help="also scaling/boosting on digits-logreg")
+    run.add_argument("--out", type=Path, default=None, help="output dir (default runs/sweep…)")
+    run.add_argument("--task", default=None, help="synthetic task selector")
+    run.add_argument("--mode", choices=["manual", "practical"], default="manual")
+    run.add_argument("--adversaries", default=None, help="comma-separated subset of the grid")
+    run.add_argument("--strengths", type=_floats, default=None, help="override every strength")
+    run.add_argument("--epsilons", type=_floats, default=None)
+    run.add_argument("--trials", type=int, default=None)
+    run.add_argument("--pairs", type=int, default=None)
+    run.add_argument("--spot-checks", type=int, default=None)
+    run.add_argument("--mse-samples", type=int, default=None)
+    run.add_argument("--rho", type=float, default=0.25)
+    run.add_argument("--delta", type=float, default=0.05)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--max-cells", type=int, default=None, help="stop after this many new cells")
+    run.add_argument("--no-plots", action="store_true")
+    run.add_argument("--no-progress", action="store_true")
+
+    sub.add_parser("list", help="print the adversary catalogue")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from protocol.accounting import plan_manual
+    from protocol.tasks import load_task
+    from prover.server import build_server, serve_forever
+    from prover.servicer import ProverServicer
+    from prover.session import SessionRegistry
+    from simulations.adversaries import AttackContext, make_adversary
+    from simulations.sweep import honest_attribution
+
+    task = load_task(args.task)
+    m_star = args.lie_allowance
+    if m_star is None:
+        m_star = plan_manual(
+            epsilon=args.epsilon,
+            delta=0.05,
+            output_bound=task.output_bound,
+            tolerance=task.tolerance,
+            num_targets=task.num_targets,
+            pairs_per_level=args.pairs,
+            spot_checks=args.spot_checks,
+            mse_samples=4_000,
+            rho=0.25,
+        ).lie_allowance
+    context = AttackContext(epsilon=args.epsilon, lie_allowance=m_star, seed=args.seed)
+    attribution = honest_attribution(task, args.honest_samples, args.seed)
+
+    def factory() -> Any:
+        return make_adversary(args.adversary, args.strength, task, attribution, context=context)
+
+    strategy = factory()
+    info = strategy.describe()
+    if args.adversary != "honest":
+        log.warning(
+            "*** ADVERSARIAL PROVER: %s strength %g — this server cheats on purpose ***",
+            args.adversary,
+            args.strength,
+        )
+        if not info.startswith("ADVERSARIAL"):
+            info = f"ADVERSARIAL {info}"
+    err = getattr(strategy, "true_err", lambda: None)()
+    if err is not None:
+        log.info("true err of the claimed attribution: %.6g", err)
+    servicer = ProverServicer(task, factory, SessionRegistry(args.max_sessions), info)
+    server, port = build_server(servicer, args.host, args.port, args.workers)
+
+    def announce() -> None:
+        log.info("listening on %s:%d (%s)", args.host, port, info)
+        print(f"LISTENING {args.host}:{port}", flush=True)
+
+    serve_forever(server, on_started=announce)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# run
+
+
+def _grid(args: argparse.Namespace) -> dict[str, tuple[float, ...]]:
+    from simulations.adversaries import ADVERSARIES, resolve
+
+    if args.quick:
+        grid = dict(QUICK_GRID)
+    else:
+        grid = {"honest": (1.0,)}
+        grid.update({name: cls.default_strengths for name, cls in ADVERSARIES.items()})
+    if args.adversaries:
+        chosen = [resolve(a.strip()) for a in args.adversaries.split(",") if a.strip()]
+        grid = {a: grid.get(a, QUICK_GRID.get(a, (1.0,))) for a in chosen}
+    if args.strengths:
+        grid = {a: (1.0,) if a == "honest" else args.strengths for a in grid}
+    return grid
+
+
+def _cells(args: argparse.Namespace) -> list[Any]:
+    from simulations.report import ATTRIBUTION_ATTACKS
+    from simulations.sweep import CellSpec
+
+    epsilons = args.epsilons or ((0.2,) if args.quick else (0.1, 0.2))
+    cells = []
+    for name, strengths in _grid(args).items():
+        # Answer attacks do not depend on ε: run them at the largest ε only (unless asked).
+        eps_for = epsilons
+        if name not in ATTRIBUTION_ATTACKS and name != "honest" and not args.epsilons:
+            eps_for = (max(epsilons),)
+        for eps in eps_for:
+            for s in strengths:
+                cells.append(CellSpec(name, float(s), float(eps)))
+    return cells
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from simulations.sweep import SYNTHETIC_TASK, SweepConfig
+
+    sizes = QUICK_SIZES if args.quick else {"pairs": 20_000, "spot_checks": 64,
+                                            "mse_samples": 4_000, "trials": 10}  # fmt: skip
+    return SweepConfig(
+        task=args.task or SYNTHETIC_TASK,
+        mode=args.mode,
+        pairs=args.pairs or sizes["pairs"],
+        spot_checks=args.spot_checks or sizes["spot_checks"],
+        mse_samples=args.mse_samples or sizes["mse_samples"],
+        rho=args.rho,
+        delta=args.delta,
+        trials=args.trials or sizes["trials"],
+        seed=args.seed,
+        grpc=args.grpc,
+    )
+
+
+def _summary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keep = (
+        "adversary", "strength", "epsilon", "delta", "true_err", "true_err_se", "err_over_epsilon",
+        "trials", "accepts", "accept_rate", "accept_lower", "accept_upper", "naive_accept_rate",
+        "naive_accept_upper", "outcomes", "verifier_retrainings", "prover_retrainings",
+        "lies_mean", "task", "transport", "checks", "mode", "seconds",
+    )  # fmt: skip
+    return [{k: r.get(k) for k in keep} for r in records]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from simulations.report import write_report
+    from simulations.sweep import run_sweep
+
+    for name in ("prover", "verifier", "progress"):  # one line per session would drown the sweep
+        logging.getLogger(name).setLevel(logging.WARNING)
+    config = _config(args)
+    cells = _cells(args)
+    default_out = "runs/sweep-quick" if args.quick else "runs/sweep"
+    out = args.out or Path(default_out + ("-grpc" if args.grpc else ""))
+    show = not args.no_progress
+    result = run_sweep(cells, config, out, progress=show, max_cells=args.max_cells)
+    records = list(result.records)
+    computed, reused, interrupted = result.computed, result.reused, result.interrupted
+    if args.real and not interrupted:
+        from simulations.real import run_real
+
+        real = run_real(out / "real", progress=show, grpc=args.grpc)
+        records += real.records
+        computed += real.computed
+        reused += real.reused
+        interrupted = real.interrupted
+    write_report(records, out, title="Adversary sweep", plots=not args.no_plots)
+    payload = {
+        "out_dir": str(out),
+        "config": {**config.__dict__},
+        "computed": computed,
+        "reused": reused,
+        "interrupted": interrupted,
+        "pending": len(cells) - len(result.records),
+        "cells": _summary(records),
+    }
+    if args.json:
+        print(json.dumps(payload))
+    else:
+        _print_table(records, out, computed, reused)
+    return 130 if interrupted else 0
+
+
+def _print_table(records: list[dict[str, Any]], out: Path, computed: int, reused: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"acceptance ({computed} cells computed, {reused} reused) → {out}")
+    for col in ("adversary", "strength", "ε", "true err", "trials", "accept [95% CI]", "naive"):
+        table.add_column(col)
+    for r in records:
+        err = "—" if r["true_err"] is None else f"{r['true_err']:.3g}"
+        table.add_row(
+            r["adversary"],
+            f"{r['strength']:g}",
+            f"{r['epsilon']:g}",
+            err,
+            str(r["trials"]),
+            f"{r['accept_rate']:.2f} [{r['accept_lower']:.2f}, {r['accept_upper']:.2f}]",
+            f"{r['naive_accept_rate']:.2f}",
+        )
+    Console().print(table)
+
+
+def _list() -> int:
+    from simulations.adversaries import ADVERSARIES
+
+    for name, cls in ADVERSARIES.items():
+        print(f"{name:13s} strength = {cls.strength_doc}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (see the module docstring for exit codes)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s simulations %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "run":
+            return _run(args)
+        return _list()
+    except (ValueError, OSError) as exc:
+        print(f"simulations: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("simulations: interrupted; finished cells are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
