@@ -115,12 +115,18 @@ def _plan_manual(task: Task, epsilon: float, config: SweepConfig, checks: str) -
 
 
 def _plan_practical(task: Task, epsilon: float, config: SweepConfig, checks: str) -> Plan:
-    # protocol.practical.plan_practical returns a PracticalPlan, which VerifierSession does not
-    # take yet; wire it here (one line in PLANNERS) once the verifier runs practical plans.
-    raise ValueError(
-        "--mode practical: the verifier does not run practical plans yet "
-        "(protocol.practical.plan_practical is not accepted by VerifierSession); use manual"
+    """Practical sizing: a pilot the verifier retrains itself predicts the sizes."""
+    from verifier.practical_flow import make_practical_plan
+
+    plan, _pilot = make_practical_plan(
+        task,
+        config.delta,
+        epsilon=epsilon,
+        epsilon_rel=None,
+        certified=checks == "certified",
+        max_mse_samples=max(config.mse_samples, 2),
     )
+    return plan  # type: ignore[return-value]
 
 
 #: Plan builders by mode: switching the sweep to another mode is one entry here.
@@ -394,7 +400,7 @@ def cell_record(
             "rho": plan.rho,
             "lie_allowance": plan.lie_allowance,
             "epsilon_certified": plan.budget.get("epsilon_certified"),
-            "guarantee_met": plan.guarantee_met,
+            "guarantee_met": getattr(plan, "guarantee_met", None),
         },
         "seconds": time.monotonic() - started,
     }

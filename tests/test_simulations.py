@@ -211,8 +211,14 @@ def test_quick_json_has_the_fields(tmp_path, capsys) -> None:
     assert (tmp_path / "acceptance_answer_attacks.png").exists()
 
 
-def test_practical_mode_is_a_clear_error_until_the_verifier_runs_it(tmp_path, capsys) -> None:
-    rc = cli.main(["run", "--quick", "--json", "--no-progress", "--out", str(tmp_path),
-                   "--mode", "practical", "--adversaries", "honest", "--trials", "1"])  # fmt: skip
-    assert rc == 2
-    assert "practical" in capsys.readouterr().err
+def test_practical_mode_sweep_runs(tmp_path, capsys) -> None:
+    # Practical sizing at ε = 1.0 on the default synthetic task (a few seconds per trial):
+    # a → −0.3·a has err = 1.69·B_1 = 1.35 > ε and must be rejected.
+    rc = cli.main(["run", "--json", "--no-progress", "--out", str(tmp_path), "--mode",
+                   "practical", "--adversaries", "scale", "--strengths", "-0.3",
+                   "--epsilons", "1.0", "--trials", "1", "--mse-samples", "20000"])  # fmt: skip
+    assert rc == 0
+    cells = json.loads(capsys.readouterr().out)["cells"]
+    assert [c["adversary"] for c in cells] == ["scale"]
+    assert cells[0]["true_err"] > 1.0
+    assert cells[0]["accept_rate"] == 0.0
