@@ -129,6 +129,22 @@ def _practical(
     return session.decide_practical(outcome, local)
 
 
+def _tell_prover(session: VerifierSession, transport: ProverTransport, verdict: str) -> None:
+    """Best effort: let the prover log the verdict and release the session."""
+    if not session.session_id:
+        return
+    try:
+        transport.finish(
+            pb.FinishRequest(
+                session_id=session.session_id,
+                verdict=verdict,
+                transcript_hash=session.transcript.digest,
+            )
+        )
+    except TransportError as exc:
+        log.info("could not tell the prover the verdict: %s", exc)
+
+
 def run_protocol(
     session: VerifierSession,
     transport: ProverTransport,
@@ -216,7 +232,9 @@ def run_protocol(
         local_n = 0
         if local_future is not None and local_future.done() and not local_future.exception():
             local_n = local_future.result().retrainings
-        return error_result(session, f"{step}: {exc}", "reject", local_n)
+        result = error_result(session, f"{step}: {exc}", "reject", local_n)
+        _tell_prover(session, transport, result.verdict)
+        return result
     except Exception as exc:  # a crash must never become an accept
         log.exception("verifier crashed during %s", step)
         return error_result(session, f"{step}: internal error {type(exc).__name__}: {exc}")
