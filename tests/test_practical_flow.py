@@ -9,41 +9,14 @@ from __future__ import annotations
 import pytest
 
 from protocol.tasks.synthetic import SyntheticTask
-from prover.session import ProverSession
 from prover.strategy import Attribution, HonestStrategy
 from simulations.cheats import FabricateCheat, ScaleCheat
+from simulations.inprocess import InProcessTransport
 from verifier.driver import run_protocol
 from verifier.practical_flow import make_practical_plan
 from verifier.session import VerifierSession
 
 TASK = SyntheticTask(n=100, z=1, p=0.5, seed=0)
-
-
-class _InProcess:
-    """The prover's calls answered by a ProverSession in this process."""
-
-    def __init__(self, strategy: HonestStrategy) -> None:
-        self.strategy = strategy
-        self.session: ProverSession | None = None
-
-    def hello(self, request):
-        self.session = ProverSession(TASK, self.strategy, request)
-        return self.session.hello_reply("in-process")
-
-    def commit(self, request):
-        return self.session.commit(request)
-
-    def open(self, request):
-        return self.session.open(request)
-
-    def open_all(self, request):
-        return self.session.open_all(request)
-
-    def supply_models(self, request):
-        return self.session.supply_models(request)
-
-    def finish(self, request):
-        return self.session.finish(request)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +40,9 @@ def test_plan_is_practical_and_independent_of_the_prover(plan) -> None:
 
 
 def test_honest_prover_accepted_early(plan) -> None:
-    result = run_protocol(VerifierSession(TASK, plan), _InProcess(HonestStrategy(TASK, _exact())))
+    result = run_protocol(
+        VerifierSession(TASK, plan), InProcessTransport(TASK, HonestStrategy(TASK, _exact()))
+    )
     assert result.verdict == "accept", result.reason
     decision = result.details["decision"]
     assert decision["err_upper"][0] <= 1.0
@@ -82,12 +57,12 @@ def test_large_error_rejected(plan) -> None:
     err = TASK.truth().err(truth.intercept, -0.3 * truth.coefficients)[0]
     assert err > 1.0
     cheat = ScaleCheat(TASK, _exact(), -0.3)
-    result = run_protocol(VerifierSession(TASK, plan), _InProcess(cheat))
+    result = run_protocol(VerifierSession(TASK, plan), InProcessTransport(TASK, cheat))
     assert result.verdict == "reject", result.reason
 
 
 def test_fabricated_answers_caught_by_spot_checks(plan) -> None:
     cheat = FabricateCheat(TASK, _exact(), 0.01)
-    result = run_protocol(VerifierSession(TASK, plan), _InProcess(cheat))
+    result = run_protocol(VerifierSession(TASK, plan), InProcessTransport(TASK, cheat))
     assert result.verdict == "reject"
     assert "spot check failed" in result.reason
