@@ -46,13 +46,7 @@ class ProverServicer(pb_grpc.ProverServicer):
                     f"protocol version {request.protocol_version!r} not supported; "
                     f"this prover speaks {PROTOCOL_VERSION!r}",
                 )
-            theirs = TaskIdentity(
-                selector=request.task.selector,
-                task_hash=request.task.task_hash,
-                spec_hash=request.task.spec_hash,
-                data_hash=request.task.data_hash,
-                canonical_spec=request.task.canonical_spec,
-            )
+            theirs = TaskIdentity.from_message(request.task)
             mismatch = self.task.identity().mismatch(theirs)
             if mismatch:
                 raise ProtocolFault("FAILED_PRECONDITION", mismatch)

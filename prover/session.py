@@ -74,13 +74,7 @@ class ProverSession:
         ident = self.task.identity()
         reply = pb.HelloReply(
             protocol_version=PROTOCOL_VERSION,
-            task=pb.TaskIdentity(
-                selector=ident.selector,
-                task_hash=ident.task_hash,
-                spec_hash=ident.spec_hash,
-                data_hash=ident.data_hash,
-                canonical_spec=ident.canonical_spec,
-            ),
+            task=pb.TaskIdentity(**ident.as_fields()),
             session_id=self.id,
             prover_info=prover_info,
         )

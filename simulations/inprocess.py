@@ -63,13 +63,7 @@ class InProcessTransport:
         request = _copy(request)
         if request.protocol_version != PROTOCOL_VERSION:
             raise TransportError(f"protocol version {request.protocol_version!r} not supported")
-        theirs = TaskIdentity(
-            selector=request.task.selector,
-            task_hash=request.task.task_hash,
-            spec_hash=request.task.spec_hash,
-            data_hash=request.task.data_hash,
-            canonical_spec=request.task.canonical_spec,
-        )
+        theirs = TaskIdentity.from_message(request.task)
         mismatch = self.task.identity().mismatch(theirs)
         if mismatch:
             raise TransportError(f"in-process prover refused Hello: {mismatch}")

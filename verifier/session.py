@@ -167,13 +167,7 @@ class VerifierSession:
         ident = self.task.identity()
         msg = pb.HelloRequest(
             protocol_version=PROTOCOL_VERSION,
-            task=pb.TaskIdentity(
-                selector=self.selector,
-                task_hash=ident.task_hash,
-                spec_hash=ident.spec_hash,
-                data_hash=ident.data_hash,
-                canonical_spec=ident.canonical_spec,
-            ),
+            task=pb.TaskIdentity(**{**ident.as_fields(), "selector": self.selector}),
         )
         self.transcript.append_message("v2p", msg)
         return msg
@@ -185,13 +179,7 @@ class VerifierSession:
             raise VerificationError(
                 f"prover speaks protocol {reply.protocol_version!r}, we speak {PROTOCOL_VERSION!r}"
             )
-        theirs = TaskIdentity(
-            selector=reply.task.selector,
-            task_hash=reply.task.task_hash,
-            spec_hash=reply.task.spec_hash,
-            data_hash=reply.task.data_hash,
-            canonical_spec=reply.task.canonical_spec,
-        )
+        theirs = TaskIdentity.from_message(reply.task)
         mismatch = self.task.identity().mismatch(theirs)
         if mismatch:
             raise VerificationError(mismatch)

@@ -6,7 +6,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,15 @@ class TaskIdentity:
     spec_hash: str
     data_hash: str
     canonical_spec: str
+
+    @classmethod
+    def from_message(cls, message: Any) -> TaskIdentity:
+        """Read an identity from any object with the five string fields (e.g. the wire message)."""
+        return cls(**{f.name: str(getattr(message, f.name)) for f in fields(cls)})
+
+    def as_fields(self) -> dict[str, str]:
+        """The five fields as a dict, e.g. to build the wire message."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def mismatch(self, other: TaskIdentity) -> str | None:
         """Return ``None`` when both identities name the same task, else a readable reason.
