@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from protocol.tasks.base import Task
 from prover.strategy import Attribution
 
@@ -31,9 +33,10 @@ def fit_attribution(
     """Retrain ``num_samples`` seeded B_p subsets (resumably, via the store) and fit a datamodel.
 
     Guarantees: the subsets and seeds are a pure function of ``sample_seed``; finished retrainings
-    are stored as they complete, so a restarted prover redoes none of them.
+    are stored as they complete, so a restarted prover redoes none of them. The returned
+    attribution keeps its training set so sessions can refit with their challenge retrainings.
     """
-    from prover.precompute import precompute
+    from prover.precompute import precompute, sample_subsets
     from prover.store import ResultStore
 
     store = ResultStore(store_path)
@@ -47,9 +50,15 @@ def fit_attribution(
         report.reused,
         store_path,
     )
+    masks, _seeds = sample_subsets(task, sample_seed, 0, num_samples)
+    found, f, _digests, _norms = store.get_many(task.identity().task_hash, masks, _seeds)
+    if not np.all(found):  # pragma: no cover - precompute just stored every one of them
+        raise RuntimeError("datamodel samples missing from the store after precompute")
     return Attribution(
         intercepts=model.intercepts,
         coefficients=model.coefficients,
         method=model.method,
         num_samples=model.num_samples,
+        training_masks=masks,
+        training_f=f,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import sys
 from pathlib import Path
@@ -47,13 +46,44 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051, help="0 picks a free port")
     serve.add_argument("--workers", type=int, default=8)
-    serve.add_argument("--max-sessions", type=int, default=16)
+    serve.add_argument("--max-sessions", type=int, default=16, help="live sessions at most")
+    serve.add_argument(
+        "--session-ttl",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="a session idle this long is forgotten (default 600)",
+    )
+    serve.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=None,
+        help="RPCs in flight at most; more are refused with RESOURCE_EXHAUSTED (4 × workers)",
+    )
+    tls = serve.add_argument_group("transport security (see docs/transport-security.md)")
+    tls.add_argument("--tls-cert", metavar="PEM", help="server certificate chain: serve TLS")
+    tls.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    tls.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="mutual TLS: require client certificates issued by this CA",
+    )
+    tls.add_argument(
+        "--insecure-plaintext",
+        action="store_true",
+        help="allow plain-text gRPC on a non-loopback address (refused otherwise)",
+    )
     serve.add_argument(
         "--stall-before-commit",
         type=float,
         default=0.0,
         metavar="SECONDS",
         help="fault injection for tests: sleep this long before answering each challenge",
+    )
+    serve.add_argument(
+        "--no-reuse-challenges",
+        action="store_true",
+        help="do not refit the datamodel with each session's independent challenge retrainings",
     )
     serve.add_argument(
         "--cheat",
@@ -82,12 +112,40 @@ def _attribution(args: argparse.Namespace, task: object):  # type: ignore[no-unt
     )
 
 
+def _transport_credentials(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """Validate the serve limits and TLS flags; TLS credentials, or None for plain text.
+
+    Raises ``ValueError`` (exit 2) for inconsistent flags, unreadable PEM files, or plain text on a
+    non-loopback address without ``--insecure-plaintext``; logs a warning when it is allowed.
+    """
+    from prover.tls import check_plaintext_policy, server_credentials
+
+    if args.max_sessions < 1:
+        raise ValueError(f"--max-sessions must be positive, got {args.max_sessions}")
+    if not args.session_ttl > 0:
+        raise ValueError(f"--session-ttl must be positive, got {args.session_ttl}")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    tls = bool(args.tls_cert)
+    if tls and args.insecure_plaintext:
+        raise ValueError("--insecure-plaintext contradicts --tls-cert")
+    warning = check_plaintext_policy(args.host, tls, args.insecure_plaintext)
+    if warning:
+        log.warning(warning)
+    if not tls:
+        return None
+    return server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from prover.server import build_server, serve_forever
     from prover.servicer import ProverServicer
     from prover.session import SessionRegistry
     from prover.strategy import ChallengeRetrainer, HonestStrategy
 
+    credentials = _transport_credentials(args)
     cheat = None
     if args.cheat:
         from simulations.cheats import make_cheat, parse_cheat
@@ -106,26 +164,37 @@ def _serve(args: argparse.Namespace) -> int:
     def factory() -> HonestStrategy:
         retrainer = ChallengeRetrainer(task, stall_s=args.stall_before_commit)
         if cheat is not None:
-            return make_cheat(cheat[0], cheat[1], task, attribution, retrainer)
-        return HonestStrategy(task, attribution, retrainer)
+            strategy = make_cheat(cheat[0], cheat[1], task, attribution, retrainer)
+        else:
+            strategy = HonestStrategy(task, attribution, retrainer)
+        # Adversaries keep their own attribution (a "weak" prover must stay weak).
+        strategy.reuse_challenges = cheat is None and not args.no_reuse_challenges
+        return strategy
 
     info = factory().describe()
     if cheat is not None:
         banner = f"*** ADVERSARIAL PROVER: {args.cheat} — this server cheats on purpose ***"
         log.warning(banner)
         info = f"ADVERSARIAL {args.cheat}: {info}"
-    try:
-        host_ip = ipaddress.ip_address(args.host)
-        loopback = host_ip.is_loopback
-    except ValueError:
-        loopback = args.host == "localhost"
-    if not loopback:
-        log.warning("serving plain-text gRPC on non-loopback address %s", args.host)
-    servicer = ProverServicer(task, factory, SessionRegistry(args.max_sessions), info)
-    server, port = build_server(servicer, args.host, args.port, args.workers)
+    registry = SessionRegistry(args.max_sessions, ttl_s=args.session_ttl)
+    servicer = ProverServicer(task, factory, registry, info)
+    # ProverServicer does ``registry or SessionRegistry()``, and an empty registry is falsy
+    # (it has __len__), so --max-sessions/--session-ttl were silently replaced by the defaults.
+    servicer.registry = registry
+    server, port = build_server(
+        servicer,
+        args.host,
+        args.port,
+        args.workers,
+        credentials=credentials,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+    )
+    security = "plain text"
+    if credentials is not None:
+        security = "mutual TLS" if args.tls_client_ca else "TLS"
 
     def announce() -> None:
-        log.info("listening on %s:%d (%s)", args.host, port, info)
+        log.info("listening on %s:%d with %s (%s)", args.host, port, security, info)
         print(f"LISTENING {args.host}:{port}", flush=True)
 
     serve_forever(server, on_started=announce)

@@ -24,6 +24,9 @@ class Attribution:
     coefficients: np.ndarray
     method: str = "unknown"
     num_samples: int = 0
+    #: The regression's own training set (masks (K, N), f (K, Z)), when the prover kept it.
+    training_masks: np.ndarray | None = None
+    training_f: np.ndarray | None = None
 
 
 @dataclass
@@ -146,11 +149,16 @@ class HonestStrategy:
     adversarial = False
 
     def __init__(
-        self, task: Task, attribution: Attribution, retrainer: ChallengeRetrainer | None = None
+        self,
+        task: Task,
+        attribution: Attribution,
+        retrainer: ChallengeRetrainer | None = None,
+        reuse_challenges: bool = False,
     ) -> None:
         self.task = task
         self._attribution = attribution
         self.retrainer = retrainer or ChallengeRetrainer(task)
+        self.reuse_challenges = reuse_challenges
 
     def describe(self) -> str:
         """One line describing the strategy, for logs."""
@@ -169,10 +177,38 @@ class HonestStrategy:
     def answer(self, spec: ChallengeSpec, progress: Progress | None = None) -> Answers:
         """Retrain all of E, then commit: leaves bind (index, seed, f-values, weights digest)."""
         result, seeds, trained = self.retrainer.retrain(spec, progress)
+        if self.reuse_challenges:
+            self._refit_with_challenges(spec, result.f)
         f_values, seeds, digests = self.tamper(spec, result.f, seeds, list(result.weights_digests))
         leaves = merkle.build_leaves(np.arange(len(f_values)), seeds, f_values, digests)
         tree = merkle.MerkleTree(leaves)
         return Answers(spec, f_values, seeds, digests, tree, trained, result.weights)
+
+    def _refit_with_challenges(self, spec: ChallengeSpec, f_values: np.ndarray) -> None:
+        """Refit the datamodel on its own samples plus this challenge's x and y0 members.
+
+        Statistically valid: the x and y0 members of every tuple are independent B_p subsets with
+        independent seeds, and the verifier's MSE sample M stays independent of all of them, so
+        the MSE estimate of the refitted (c, a) is unbiased. The ρ-correlated members are left out
+        (they are not independent draws).
+        """
+        base = self._attribution
+        if base.training_masks is None or base.training_f is None:
+            return
+        from prover.datamodel import fit_datamodel
+
+        members = np.arange(spec.num_members)
+        iid = members[(members % 4) < 2]
+        masks = np.concatenate([base.training_masks, spec.member_masks(iid)])
+        f = np.concatenate([base.training_f, f_values[iid]])
+        model = fit_datamodel(masks, f, method="auto")
+        self._attribution = Attribution(
+            intercepts=model.intercepts,
+            coefficients=model.coefficients,
+            method=f"{model.method} on {len(base.training_f)} samples + {len(iid)} challenge "
+            "retrainings",
+            num_samples=base.num_samples,
+        )
 
     def open(self, answers: Answers, index: int) -> OpeningData:
         """Open leaf ``index`` faithfully, with its inclusion proof."""

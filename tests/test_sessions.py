@@ -258,3 +258,25 @@ def test_secret_sets_differ_between_sessions() -> None:
     assert a.spec.public_seed != b.spec.public_seed
     assert not np.array_equal(a.spot_indices, b.spot_indices)
     assert a.mse_sample.key != b.mse_sample.key
+
+
+def test_honest_prover_refits_with_its_independent_challenge_retrainings() -> None:
+    # Start from a datamodel fitted on only 300 samples (err ≈ B≥2·N/K ≈ 0.2·50/300 ≈ 0.03);
+    # the 4,000 tuples add 8,000 independent x/y0 retrainings, so err should drop several-fold.
+    rng = np.random.default_rng(5)
+    masks = rng.random((300, TASK.num_train_points)) < TASK.p
+    f = TASK.retrain(masks, np.zeros(300, dtype=np.uint64)).f
+    from prover.datamodel import fit_datamodel
+
+    model = fit_datamodel(masks, f, method="ols")
+    start = Attribution(model.intercepts, model.coefficients, "ols", 300, masks, f)
+    strategy = HonestStrategy(TASK, start, reuse_challenges=True)
+    prover, verifier = _start(strategy)
+    _commit(prover, verifier)
+    before = TASK.truth().err(start.intercepts, start.coefficients)
+    refit = strategy.attribution()
+    after = TASK.truth().err(refit.intercepts, refit.coefficients)
+    assert "challenge retrainings" in refit.method
+    assert np.all(after < before / 4), (before, after)
+    # What was committed is the refitted attribution.
+    np.testing.assert_array_equal(verifier.coefficients, refit.coefficients)

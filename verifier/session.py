@@ -384,7 +384,12 @@ class VerifierSession:
                         f"spot check failed on challenge {index}: weights digest differs from "
                         "our retraining (the task is bitwise deterministic)"
                     )
-        return {"spot_checks": len(self.spot_indices), "max_abs_diff": worst, "tolerance": tau}
+        return {
+            "spot_checks": len(self.spot_indices),
+            "max_abs_diff": worst,
+            "tolerance": tau,
+            "abs_diffs": diffs.max(axis=1).tolist() if diffs.size else [],
+        }
 
     # ---- step 3b (certified): the prover trains the revealed MSE sample ------------------------
     def models_request(self, first: int, count: int) -> pb.ModelsRequest:
