@@ -1,0 +1,258 @@
+"""Signed certificates: a real in-process run, offline audit, tampering, and the key file.
+
+Sizes as in tests/test_sessions.py (synthetic n=50, z=2, 4,000 tuples, 32 spot checks,
+|M| = 2,000, ε = 0.3); one run takes well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from protocol.accounting import plan_manual
+from protocol.tasks.synthetic import SyntheticTask
+from prover.strategy import Attribution, HonestStrategy
+from simulations.cheats import ScaleCheat
+from simulations.inprocess import InProcessTransport
+from verifier import cli
+from verifier.audit import audit_file
+from verifier.certificate import (
+    KeyFileError,
+    attribution_digest,
+    build_certificate,
+    encode_certificate,
+    load_or_create_key,
+    sign_certificate,
+    write_certificate,
+)
+from verifier.driver import run_protocol
+from verifier.session import VerifierSession
+
+TASK = SyntheticTask(n=50, z=2, p=0.5, seed=3)
+
+
+def _plan():
+    return plan_manual(
+        epsilon=0.3,
+        delta=0.05,
+        output_bound=TASK.output_bound,
+        tolerance=TASK.tolerance,
+        num_targets=TASK.num_targets,
+        pairs_per_level=4000,
+        spot_checks=32,
+        mse_samples=2000,
+        rho=0.25,
+    )
+
+
+def _exact() -> Attribution:
+    truth = TASK.truth()
+    return Attribution(truth.intercept, truth.coefficients, "exact", 0)
+
+
+def _run(strategy=None):
+    session = VerifierSession(TASK, _plan())
+    result = run_protocol(
+        session, InProcessTransport(TASK, strategy or HonestStrategy(TASK, _exact()))
+    )
+    return session, result
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory):
+    """(certificate path, key, session, result) of one honest accepted run."""
+    base = tmp_path_factory.mktemp("cert")
+    key = load_or_create_key(base / "keys" / "verifier.key")
+    session, result = _run()
+    assert result.verdict == "accept", result.reason
+    path = write_certificate(base / "cert.json", build_certificate(result, session, key))
+    return path, key, session, result
+
+
+def _audit_rc(path: Path, *extra: str) -> int:
+    return cli.main(["audit", str(path), *extra])
+
+
+def test_real_run_certificate_is_accepted_by_audit(signed, capsys) -> None:
+    path, _key, session, result = signed
+    assert _audit_rc(path) == 0
+    out = capsys.readouterr().out
+    assert "certificate holds" in out
+    assert "does NOT prove" in out
+    cert = json.loads(path.read_text())
+    assert cert["verdict"] == "accept"
+    assert cert["task"]["task_hash"] == TASK.identity().task_hash
+    assert cert["transcript_hash"] == result.details["transcript_hash"]
+    assert cert["merkle_root"] == result.details["merkle_root"]
+    assert cert["attribution"]["digest"] == attribution_digest(
+        session.intercepts, session.coefficients
+    )
+    assert cert["decision"]["mse_hat"] == result.mse_hat
+    assert cert["parameters"] == {
+        "epsilon": 0.3,
+        "epsilon_rel": None,
+        "delta": 0.05,
+        "mode": "manual",
+        "checks": "retrain",
+    }
+    assert cert["issued_at"].endswith("Z")
+
+
+def test_pinned_public_key(signed, capsys) -> None:
+    path, _key, _, _ = signed
+    pub = json.loads(path.read_text())["verifier_key"]["public_key"]
+    assert _audit_rc(path, "--public-key", pub) == 0
+    assert _audit_rc(path, "--public-key", "00" * 32) == 1
+
+
+def test_attribution_digest_binds_values_and_shape() -> None:
+    truth = TASK.truth()
+    d = attribution_digest(truth.intercept, truth.coefficients)
+    a = truth.coefficients.copy()
+    a[1, 7] = float(a[1, 7]) + 1e-15 * max(1.0, abs(float(a[1, 7])))
+    assert attribution_digest(truth.intercept, a) != d
+    assert attribution_digest(truth.intercept[:1], truth.coefficients[:1]) != d
+    with pytest.raises(ValueError, match="need intercepts"):
+        attribution_digest(truth.intercept, truth.coefficients.ravel())
+
+
+def _positions(raw: bytes) -> list[int]:
+    """Every 7th byte plus positions inside the numbers, verdict, signature and public key."""
+    text = raw.decode()
+    picks = set(range(0, len(raw), 7)) | {len(raw) - 1}
+    for needle in ('"verdict":"accept"', '"signature":"', '"public_key":"', '"mse_hat":[',
+                   '"threshold":[', '"epsilon":0.3', '"task_hash":"', '"digest":"'):  # fmt: skip
+        start = text.index(needle)
+        picks.update(range(start, start + len(needle) + 12))
+    return sorted(p for p in picks if p < len(raw))
+
+
+def test_any_single_byte_flip_fails_audit(signed, tmp_path) -> None:
+    path, _, _, _ = signed
+    raw = path.read_bytes()
+    target = tmp_path / "flipped.json"
+    positions = _positions(raw)
+    assert len(positions) > 700
+    for pos in positions:
+        for mask in (0x01, 0x20):  # low bit (digit/hex/letter changes) and case/space bit
+            data = bytearray(raw)
+            data[pos] ^= mask
+            target.write_bytes(bytes(data))
+            try:
+                ok = audit_file(target).ok
+            except Exception:  # unreadable counts as a failure (exit 2)
+                ok = False
+            assert not ok, f"flip {mask:#x} at byte {pos} ({raw[pos : pos + 1]!r}) went unnoticed"
+
+
+def test_flip_exit_codes(signed, tmp_path) -> None:
+    path, _, _, _ = signed
+    raw = bytearray(path.read_bytes())
+    i = raw.index(b'"verdict":"accept"') + len('"verdict":"')
+    raw[i] ^= 0x01  # accept -> `ccept
+    (tmp_path / "a.json").write_bytes(bytes(raw))
+    assert _audit_rc(tmp_path / "a.json") == 1
+    (tmp_path / "b.json").write_bytes(b"{not json")
+    assert _audit_rc(tmp_path / "b.json") == 2
+    assert _audit_rc(tmp_path / "missing.json") == 2
+
+
+def _resign(cert: dict, key, tmp_path: Path, name: str) -> Path:
+    return write_certificate(tmp_path / name, sign_certificate(cert, key))
+
+
+def test_resigned_contradiction_fails(signed, tmp_path, capsys) -> None:
+    path, key, _, _ = signed
+    original = json.loads(path.read_text())
+    # Untouched and re-signed: still holds (the signing path itself is sound).
+    assert _audit_rc(_resign(original, key, tmp_path, "same.json")) == 0
+    # msê far above the threshold, verdict still accept.
+    cert = json.loads(path.read_text())
+    cert["decision"]["mse_hat"][1] = 5.0
+    assert _audit_rc(_resign(cert, key, tmp_path, "mse.json")) == 1
+    assert "target 1" in capsys.readouterr().out
+    # Verdict flipped to reject while the numbers say accept.
+    cert = json.loads(path.read_text())
+    cert["verdict"] = "reject"
+    cert["decision"]["verdict"] = "reject"
+    assert _audit_rc(_resign(cert, key, tmp_path, "verdict.json")) == 1
+    # Threshold inconsistent with B̂≥2 + ε/2.
+    cert = json.loads(path.read_text())
+    cert["decision"]["threshold"][0] += 1.0
+    assert _audit_rc(_resign(cert, key, tmp_path, "thr.json")) == 1
+    # Task hash that does not follow from spec and data hashes.
+    cert = json.loads(path.read_text())
+    cert["task"]["task_hash"] = "0" * 64
+    assert _audit_rc(_resign(cert, key, tmp_path, "task.json")) == 1
+    # Missing and mistyped fields.
+    cert = json.loads(path.read_text())
+    del cert["transcript_hash"]
+    assert _audit_rc(_resign(cert, key, tmp_path, "missing.json")) == 1
+    cert = json.loads(path.read_text())
+    cert["decision"]["mse_hat"][0] = "0.1"
+    assert _audit_rc(_resign(cert, key, tmp_path, "type.json")) == 1
+
+
+def test_non_canonical_file_fails(signed, tmp_path) -> None:
+    path, _, _, _ = signed
+    cert = json.loads(path.read_text())
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(json.dumps(cert, indent=1, sort_keys=True))
+    assert not audit_file(pretty).ok
+    assert encode_certificate(cert) == path.read_bytes()
+
+
+def test_rejected_run_certificate_holds(tmp_path) -> None:
+    key = load_or_create_key(tmp_path / "k" / "verifier.key")
+    session, result = _run(ScaleCheat(TASK, _exact(), -0.3))
+    assert result.verdict == "reject"
+    path = write_certificate(tmp_path / "rej.json", build_certificate(result, session, key))
+    assert _audit_rc(path) == 0
+    cert = json.loads(path.read_text())
+    cert["verdict"] = "accept"
+    if cert["decision"] is not None:
+        cert["decision"]["verdict"] = "accept"
+    assert _audit_rc(_resign(cert, key, tmp_path, "rej2.json")) == 1
+
+
+def test_key_file_permissions(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "cfg" / "sub" / "verifier.key"
+    key = load_or_create_key(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o700
+    # Second use loads the same key.
+    same = load_or_create_key(path)
+    assert same.public_key().public_bytes_raw() == key.public_key().public_bytes_raw()
+    # The environment variable names the default.
+    monkeypatch.setenv("ATTRIBUTION_VERIFIER_KEY", str(path))
+    env_key = load_or_create_key()
+    assert env_key.public_key().public_bytes_raw() == key.public_key().public_bytes_raw()
+    for mode in (0o644, 0o640, 0o604, 0o660):
+        os.chmod(path, mode)
+        with pytest.raises(KeyFileError, match="chmod 600"):
+            load_or_create_key(path)
+    os.chmod(path, 0o600)
+    load_or_create_key(path)
+    bad = tmp_path / "bad.key"
+    bad.write_bytes(b"not a key")
+    os.chmod(bad, 0o600)
+    with pytest.raises(KeyFileError, match="PEM"):
+        load_or_create_key(bad)
+
+
+def test_verify_refuses_open_key_before_running(tmp_path, capsys) -> None:
+    key = tmp_path / "open.key"
+    load_or_create_key(key)
+    os.chmod(key, 0o644)
+    rc = cli.main(
+        ["verify", "--prover", "127.0.0.1:1", "--task", "synthetic:n=20,z=1",
+         "--certificate", str(tmp_path / "c.json"), "--key", str(key), "--no-progress"]
+    )  # fmt: skip
+    assert rc == 2
+    assert "accessible by group or others" in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()
