@@ -34,7 +34,7 @@ class ProverServicer(pb_grpc.ProverServicer):
     ) -> None:
         self.task = task
         self.strategy_factory = strategy_factory
-        self.registry = registry or SessionRegistry()
+        self.registry = registry if registry is not None else SessionRegistry()
         self.prover_info = prover_info
 
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:  # noqa: N802

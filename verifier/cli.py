@@ -76,8 +76,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan_args(verify)
     verify.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds per call")
     verify.add_argument("--no-progress", action="store_true")
+    verify.add_argument(
+        "--certificate", metavar="FILE", help="write a signed JSON certificate of the verdict"
+    )
+    verify.add_argument("--report", metavar="DIR", help="write report.md and PNG plots to DIR")
+    verify.add_argument(
+        "--key",
+        metavar="FILE",
+        help="Ed25519 signing key, created on first use (default $ATTRIBUTION_VERIFIER_KEY or "
+        "~/.config/verifiable-attribution/verifier.key)",
+    )
+    verify.add_argument("--tls-ca", metavar="PEM", help="TLS: CA that issued the prover's cert")
+    verify.add_argument("--tls-cert", metavar="PEM", help="mutual TLS: the verifier's cert")
+    verify.add_argument("--tls-key", metavar="PEM", help="mutual TLS: key of --tls-cert")
+    verify.add_argument("--tls-server-name", metavar="NAME", help="TLS: expected server name")
     plan = sub.add_parser("plan", help="print the sizes and guarantee of a run without running it")
     _add_plan_args(plan)
+    audit = sub.add_parser("audit", help="check a verdict certificate offline")
+    audit.add_argument("certificate", metavar="CERT")
+    audit.add_argument(
+        "--public-key", metavar="HEX", help="also require the certificate to be signed by this key"
+    )
+    audit.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -238,6 +258,7 @@ def _verify(args: argparse.Namespace) -> int:
             f"|E| = {plan.num_members}; that is not runnable here — use --mode manual "
             "(see `verifier plan`)"
         )
+    signing_key = _signing_key(args)  # fail on a bad key before any work
     session = VerifierSession(task, plan, selector=args.task, checks=resolve_checks(args, task))
     progress_ctx = None
     advance = None
@@ -247,7 +268,16 @@ def _verify(args: argparse.Namespace) -> int:
         progress_ctx = retraining_progress(plan.verifier_retrainings, "verifier retraining")
         advance = progress_ctx.__enter__()
     try:
-        result = run_verification(session, args.prover, timeout_s=args.timeout, progress=advance)
+        result = run_verification(
+            session,
+            args.prover,
+            timeout_s=args.timeout,
+            progress=advance,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_server_name=args.tls_server_name,
+        )
     finally:
         if progress_ctx is not None:
             progress_ctx.__exit__(None, None, None)
@@ -259,7 +289,53 @@ def _verify(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), default=_json_default))
     else:
         _print_result(result, plan, task)
+    _write_outputs(args, result, session, signing_key)
     return result.exit_code
+
+
+def _signing_key(args: argparse.Namespace) -> Any:
+    """The verifier's Ed25519 key when ``--certificate`` is given (``KeyFileError`` if unsafe)."""
+    if not getattr(args, "certificate", None):
+        return None
+    from verifier.certificate import load_or_create_key
+
+    return load_or_create_key(args.key)
+
+
+def _write_outputs(args: argparse.Namespace, result: Any, session: Any, key: Any) -> None:
+    """Write the signed certificate and the readable report the options ask for."""
+    out = sys.stderr if args.json else sys.stdout
+    cert_path = getattr(args, "certificate", None)
+    if cert_path:
+        from verifier.certificate import CertificateError, build_certificate, write_certificate
+
+        try:
+            cert = build_certificate(
+                result, session, key, checks=session.checks, epsilon_rel=args.epsilon_rel
+            )
+            write_certificate(cert_path, cert)
+            print(f"certificate: {cert_path} (check with `verifier audit {cert_path}`)", file=out)
+        except CertificateError as exc:
+            cert_path = None
+            print(f"certificate: not written: {exc}", file=out)
+    if getattr(args, "report", None):
+        from verifier.report import write_report
+
+        ident = session.task.identity()
+        path = write_report(
+            args.report,
+            result.to_dict(),
+            session.intercepts,
+            session.coefficients,
+            task={
+                "selector": session.selector,
+                "task_hash": ident.task_hash,
+                "spec_hash": ident.spec_hash,
+                "data_hash": ident.data_hash,
+            },
+            certificate_path=cert_path,
+        )
+        print(f"report: {path}", file=out)
 
 
 def _json_default(obj: Any) -> Any:
@@ -354,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "verify":
             return _verify(args)
+        if args.command == "audit":
+            from verifier.audit import audit_main
+
+            return audit_main(args.certificate, args.public_key, args.json)
         return _plan(args)
     except ValueError as exc:
         if getattr(args, "json", False):

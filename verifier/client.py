@@ -1,8 +1,17 @@
-"""The gRPC transport for the verifier's protocol driver."""
+"""The gRPC transport for the verifier's protocol driver: deadlines, message limits, TLS.
+
+Plain text is meant for loopback only: connecting in plain text to any other host logs a warning.
+With ``ClientTLS`` the channel is TLS (server authenticated against ``ca``), and mutual TLS when a
+client certificate and key are given too.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -13,7 +22,91 @@ from protocol.tasks.base import Progress
 from verifier.driver import TransportError, run_protocol
 from verifier.session import VerificationResult, VerifierSession
 
+log = logging.getLogger("verifier")
+
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+#: Words in an UNAVAILABLE status that point at a failed (or missing) TLS handshake.
+_HANDSHAKE_WORDS = (
+    "ssl",
+    "tls",
+    "handshake",
+    "certificate",
+    "x509",
+    "verification",
+    "unauthenticated",
+    "socket closed",
+)
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    """TLS settings of the verifier's channel (PEM file paths).
+
+    ``ca``: roots that must have issued the prover's certificate; ``cert``/``key``: the
+    verifier's own certificate for mutual TLS (both or neither); ``server_name``: the name to
+    check the prover's certificate against instead of the host in the address.
+    """
+
+    ca: str | Path
+    cert: str | Path | None = None
+    key: str | Path | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Channel credentials; raises ``ValueError`` naming a missing or unreadable file."""
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read_pem(self.ca, "--tls-ca"),
+            private_key=_read_pem(self.key, "--tls-key") if self.key is not None else None,
+            certificate_chain=_read_pem(self.cert, "--tls-cert") if self.cert is not None else None,
+        )
+
+
+def tls_from_options(
+    ca: str | None, cert: str | None, key: str | None, server_name: str | None
+) -> ClientTLS | None:
+    """``ClientTLS`` from the CLI flags, or ``None`` for plain text.
+
+    Raises ``ValueError`` when client-certificate or server-name flags come without ``--tls-ca``.
+    """
+    if ca is None:
+        if cert or key or server_name:
+            raise ValueError("--tls-cert, --tls-key and --tls-server-name need --tls-ca")
+        return None
+    return ClientTLS(ca=ca, cert=cert, key=key, server_name=server_name)
+
+
+def _read_pem(path: str | Path, what: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from exc
+    if b"-----BEGIN" not in data:
+        raise ValueError(f"{what} {str(path)!r} is not a PEM file")
+    return data
+
+
+def address_host(address: str) -> str:
+    """The host part of a gRPC target such as ``h:p``, ``[::1]:p`` or ``dns:///h:p``."""
+    target = address.split("///", 1)[-1] if "://" in address else address
+    if target.startswith("["):
+        return target[1:].split("]", 1)[0]
+    if target.count(":") > 1:  # a bare IPv6 literal without a port
+        return target
+    return target.rsplit(":", 1)[0] if ":" in target else target
+
+
+def is_loopback_address(address: str) -> bool:
+    """True when the target's host is ``localhost`` or a loopback IP literal."""
+    host = address_host(address)
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def describe_rpc_error(err: grpc.RpcError, step: str, address: str, timeout_s: float) -> str:
@@ -24,6 +117,11 @@ def describe_rpc_error(err: grpc.RpcError, step: str, address: str, timeout_s: f
         return f"prover at {address} did not answer {step} within {timeout_s:g}s (timeout)"
     if code == grpc.StatusCode.UNAVAILABLE:
         return f"prover at {address} is unreachable or disconnected ({details})"
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return (
+            f"{step} to prover at {address} failed: a resource limit was reached "
+            f"(RESOURCE_EXHAUSTED: {details})"
+        )
     if code == grpc.StatusCode.CANCELLED:
         return f"the {step} call was cancelled ({details})"
     name = code.name if code is not None else "UNKNOWN"
@@ -33,31 +131,68 @@ def describe_rpc_error(err: grpc.RpcError, step: str, address: str, timeout_s: f
 class GrpcTransport:
     """``ProverTransport`` over a gRPC channel, with a deadline on every call."""
 
-    def __init__(self, address: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        address: str,
+        timeout_s: float,
+        tls: ClientTLS | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self.tls = tls
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        if tls is None:
+            if not is_loopback_address(address):
+                log.warning(
+                    "connecting to %s over plain-text gRPC: not encrypted, prover not "
+                    "authenticated (use --tls-ca)",
+                    address,
+                )
+            self.channel = grpc.insecure_channel(address, options=options)
+        else:
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            self.channel = grpc.secure_channel(address, tls.credentials(), options=options)
         self.stub = pb_grpc.ProverStub(self.channel)
+
+    def _describe(self, err: grpc.RpcError, step: str) -> str:
+        """``describe_rpc_error`` plus a hint about TLS when a handshake probably failed."""
+        reason = describe_rpc_error(err, step, self.address, self.timeout_s)
+        code = err.code() if hasattr(err, "code") else None
+        details = (err.details() if hasattr(err, "details") else str(err)) or ""
+        if code != grpc.StatusCode.UNAVAILABLE or not any(
+            w in details.lower() for w in _HANDSHAKE_WORDS
+        ):
+            return reason
+        if self.tls is None:
+            hint = "if the prover serves TLS, pass --tls-ca (and --tls-cert/--tls-key for mTLS)"
+        elif self.tls.cert is None:
+            hint = (
+                "TLS handshake failed: check --tls-ca and --tls-server-name; if the prover "
+                "requires client certificates (mutual TLS), pass --tls-cert/--tls-key"
+            )
+        else:
+            hint = (
+                "TLS handshake failed: check --tls-ca and --tls-server-name, and that the "
+                "prover trusts the CA that issued --tls-cert"
+            )
+        return f"{reason}; {hint}"
 
     def _unary(self, name: str, call: Callable[..., Any], request: Any) -> Any:
         try:
             return call(request, timeout=self.timeout_s)
         except grpc.RpcError as err:
-            reason = describe_rpc_error(err, name, self.address, self.timeout_s)
-            raise TransportError(reason) from err
+            raise TransportError(self._describe(err, name)) from err
 
     def _stream(self, name: str, call: Callable[..., Any], request: Any) -> Iterator[Any]:
         try:
             yield from call(request, timeout=self.timeout_s)
         except grpc.RpcError as err:
-            reason = describe_rpc_error(err, name, self.address, self.timeout_s)
-            raise TransportError(reason) from err
+            raise TransportError(self._describe(err, name)) from err
 
     def hello(self, request: pb.HelloRequest) -> pb.HelloReply:
         """Hello with a deadline."""
@@ -93,9 +228,23 @@ def run_verification(
     address: str,
     timeout_s: float = 600.0,
     progress: Progress | None = None,
+    tls: ClientTLS | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    *,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_server_name: str | None = None,
 ) -> VerificationResult:
-    """Run the protocol against the prover at ``address`` over gRPC (see ``run_protocol``)."""
-    transport = GrpcTransport(address, timeout_s)
+    """Run the protocol against the prover at ``address`` over gRPC (see ``run_protocol``).
+
+    ``tls`` (or, equivalently, the ``tls_*`` CLI options) selects TLS / mutual TLS; neither means
+    plain text, with a warning off loopback. Raises ``ValueError`` for inconsistent options or
+    unreadable TLS files; every transport failure becomes an error verdict (exit 2), never accept.
+    """
+    if tls is None:
+        tls = tls_from_options(tls_ca, tls_cert, tls_key, tls_server_name)
+    transport = GrpcTransport(address, timeout_s, tls=tls, max_message_bytes=max_message_bytes)
     try:
         return run_protocol(session, transport, progress)
     finally:
