@@ -178,9 +178,6 @@ def _serve(args: argparse.Namespace) -> int:
         info = f"ADVERSARIAL {args.cheat}: {info}"
     registry = SessionRegistry(args.max_sessions, ttl_s=args.session_ttl)
     servicer = ProverServicer(task, factory, registry, info)
-    # ProverServicer does ``registry or SessionRegistry()``, and an empty registry is falsy
-    # (it has __len__), so --max-sessions/--session-ttl were silently replaced by the defaults.
-    servicer.registry = registry
     server, port = build_server(
         servicer,
         args.host,
