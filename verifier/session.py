@@ -456,8 +456,9 @@ class VerifierSession:
             num_train_points=self.N,
             verifier_retrainings=self.local_retrainings + (local.retrainings if local else 0),
             prover_retrainings=self.prover_retrainings,
-            mse_hat=[float(v) for v in decision.mse_estimate],
-            residual_hat=[float(v) for v in outcome.residual.estimate],
+            # No MSE sample consumed (verdict settled beforehand) leaves no estimate: null, not NaN.
+            mse_hat=[float(v) if np.isfinite(v) else None for v in decision.mse_estimate],
+            residual_hat=[float(v) if np.isfinite(v) else None for v in outcome.residual.estimate],
             details={
                 "mode": "practical",
                 "decision": decision.to_dict(),
