@@ -119,6 +119,14 @@ class Adversary(HonestStrategy):
         if not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"{self.label}: strength is a fraction in [0, 1], got {self.strength}")
 
+    def _choose_members(
+        self, spec: ChallengeSpec, n: int, label: str
+    ) -> tuple[np.ndarray, np.random.Generator]:
+        """A reproducible random fraction ``strength`` of the n members (sorted), and the rng."""
+        rng = _rng(self.context.seed, label, spec.public_seed)
+        chosen = np.sort(rng.choice(n, size=round(self.strength * n), replace=False))
+        return chosen, rng
+
 
 def _with(att: Attribution, c: np.ndarray, a: np.ndarray, what: str) -> Attribution:
     return Attribution(
@@ -280,9 +288,7 @@ class Lazy(Adversary):
         self, spec: ChallengeSpec, f_values: np.ndarray, seeds: np.ndarray, digests: list[bytes]
     ) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
         """Overwrite a random fraction q of the members with datamodel predictions."""
-        n = len(f_values)
-        rng = _rng(self.context.seed, "lazy", spec.public_seed)
-        chosen = np.sort(rng.choice(n, size=round(self.strength * n), replace=False))
+        chosen, _ = self._choose_members(spec, len(f_values), "lazy")
         if len(chosen) == 0:
             return f_values, seeds, digests
         model = self.honest_attribution()
@@ -319,9 +325,7 @@ class WrongSubset(Adversary):
         self, spec: ChallengeSpec, f_values: np.ndarray, seeds: np.ndarray, digests: list[bytes]
     ) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
         """Retrain the chosen members on fresh random subsets with their own seeds."""
-        n = len(f_values)
-        rng = _rng(self.context.seed, "wrong-subset", spec.public_seed)
-        chosen = np.sort(rng.choice(n, size=round(self.strength * n), replace=False))
+        chosen, rng = self._choose_members(spec, len(f_values), "wrong-subset")
         if len(chosen) == 0:
             return f_values, seeds, digests
         wrong = rng.random((len(chosen), spec.num_train_points)) < spec.p
@@ -354,9 +358,7 @@ class WrongSeed(Adversary):
         self, spec: ChallengeSpec, f_values: np.ndarray, seeds: np.ndarray, digests: list[bytes]
     ) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
         """Retrain the chosen members with seed + 1 and commit that seed."""
-        n = len(f_values)
-        rng = _rng(self.context.seed, "wrong-seed", spec.public_seed)
-        chosen = np.sort(rng.choice(n, size=round(self.strength * n), replace=False))
+        chosen, _ = self._choose_members(spec, len(f_values), "wrong-seed")
         if len(chosen) == 0:
             return f_values, seeds, digests
         seeds = np.array(seeds, dtype=np.uint64)
@@ -435,9 +437,7 @@ class Replay(Adversary):
         self, spec: ChallengeSpec, f_values: np.ndarray, seeds: np.ndarray, digests: list[bytes]
     ) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
         """Replace a fraction q of the leaves with the earlier session's leaves."""
-        n = len(f_values)
-        rng = _rng(self.context.seed, "replay", spec.public_seed)
-        chosen = np.sort(rng.choice(n, size=round(self.strength * n), replace=False))
+        chosen, _ = self._choose_members(spec, len(f_values), "replay")
         if len(chosen) == 0:
             return f_values, seeds, digests
         old_f, old_seeds, old_digests = self._earlier(spec)
