@@ -158,7 +158,8 @@ def make_plan(args: argparse.Namespace, task: Task) -> Any:
     )
 
 
-def _plan_lines(plan: Any, task: Task) -> list[str]:
+def _plan_lines(plan: Any, task: Task, certified: bool = False) -> list[str]:
+    unit = "gradient passes (certified checks)" if certified else "retrainings"
     b = plan.budget
     eps = plan.epsilon if isinstance(plan.epsilon, float) else min(plan.epsilon)
     head = [
@@ -180,7 +181,7 @@ def _plan_lines(plan: Any, task: Task) -> list[str]:
             "  budget (predicted): " + ", ".join(f"{k} {v:.3g}" for k, v in b.items()),
             "  guarantee: non-asymptotic (empirical Bernstein residual, anytime-valid MSE "
             "confidence sequence); sizes are pilot predictions",
-            f"  retrainings: verifier ≤ {plan.verifier_retrainings}, "
+            f"  work: verifier ≤ {plan.verifier_retrainings} {unit}, "
             f"prover ≥ {plan.prover_retrainings}",
         ]
     return [
@@ -190,12 +191,14 @@ def _plan_lines(plan: Any, task: Task) -> list[str]:
         f"MSE ±{b['mse_halfwidth_planned']:.4g} (if |g| ≤ b)",
         f"  certified ε at these sizes: {b['epsilon_certified']:.4g} "
         f"({'meets' if plan.guarantee_met else 'does NOT meet'} the requested ε={eps:g})",
-        f"  retrainings: verifier {plan.verifier_retrainings}, prover ≥ {plan.prover_retrainings}",
+        f"  work: verifier {plan.verifier_retrainings} {unit}, "
+        f"prover ≥ {plan.prover_retrainings} retrainings",
     ]
 
 
 def _print_result(result: Any, plan: Plan, task: Task) -> None:
-    for line in _plan_lines(plan, task):
+    certified = (result.details.get("spot_check") or {}).get("mode") == "certified"
+    for line in _plan_lines(plan, task, certified):
         print(line)
     print(f"verdict: {result.verdict.upper()}")
     print(f"reason:  {result.reason}")
@@ -407,7 +410,7 @@ def _plan(args: argparse.Namespace) -> int:
         return 0
     for mode, p in plans.items():
         if mode in ok:
-            for line in _plan_lines(p, task):
+            for line in _plan_lines(p, task, certified):
                 print(line)
             unit = "retraining-equivalents" if certified else "retrainings"
             print(
