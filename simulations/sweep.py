@@ -222,11 +222,19 @@ class RecordingVerifierSession(VerifierSession):
         work = self.recorded
         if work is None:
             work = VerifierSession._local_work(self, None)
+        masks, f = work.mse_masks, work.mse_f
+        if len(f) < 2 and self.practical:
+            # Practical mode consumes M sequentially: judge on what it consumed, or on a fresh
+            # slice of M when the run stopped before any (e.g. a failed spot check).
+            masks, f = self.consumed_mse_sample()
+            if len(f) < 2:
+                self.retrain_mse(0, min(self.plan.mse_samples, 4000))
+                masks, f = self.consumed_mse_sample()
         if not (np.all(np.isfinite(self.intercepts)) and np.all(np.isfinite(self.coefficients))):
             return {"accept": False, "mse_hat": None, "var_hat": None}
-        pred = datamodel_predictions(work.mse_masks, self.intercepts, self.coefficients)
-        mse = np.mean((work.mse_f - pred) ** 2, axis=0)
-        var = np.var(work.mse_f, axis=0, ddof=1)
+        pred = datamodel_predictions(masks, self.intercepts, self.coefficients)
+        mse = np.mean((f - pred) ** 2, axis=0)
+        var = np.var(f, axis=0, ddof=1)
         accept = bool(np.all(mse <= (1.0 - r2_min) * var))
         return {"accept": accept, "mse_hat": mse.tolist(), "var_hat": var.tolist()}
 

@@ -435,7 +435,19 @@ class VerifierSession:
         idx = np.arange(first, first + count)
         result = self.task.retrain(self.mse_sample.masks(idx), self.mse_sample.seeds(idx))
         self.local_retrainings += count
-        return np.asarray(result.f, dtype=np.float64)
+        f = np.asarray(result.f, dtype=np.float64)
+        self.mse_f_parts.append(f)
+        return f
+
+    def consumed_mse_sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """Subsets and f-values of the MSE-sample members evaluated so far (sequential modes).
+
+        Members are consumed in index order, so these are members 0 … count−1 of M.
+        """
+        if not self.mse_f_parts:
+            return np.zeros((0, self.N), dtype=bool), np.zeros((0, self.Z))
+        f = np.concatenate(self.mse_f_parts, axis=0)
+        return self.mse_sample.masks(np.arange(len(f))), f
 
     def decide_practical(self, outcome: Any, local: LocalWork | None) -> VerificationResult:
         """The practical-mode result: spot checks (if any) passed; the sequential decision."""
