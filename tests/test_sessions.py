@@ -179,6 +179,15 @@ def test_non_finite_attribution_is_an_error() -> None:
         verifier.ingest(chunks[0])
 
 
+def test_absurdly_large_attribution_is_an_error_not_a_crash() -> None:
+    # Found by the fuzz suite: 1e308 is finite but overflows the predictions.
+    prover, verifier = _start()
+    chunks = _chunks(prover, verifier)
+    chunks[0].attribution.coefficients[0] = 1e308
+    with pytest.raises(VerificationError, match="too large"):
+        verifier.ingest(chunks[0])
+
+
 def test_root_before_all_f_values_is_an_error() -> None:
     prover, verifier = _start()
     chunks = _chunks(prover, verifier)

@@ -25,6 +25,9 @@ from protocol.tasks.base import Progress, Task, TaskIdentity
 from protocol.transcript import Transcript
 from verifier.certified import CertificationFailure, CertifiedOpenings, certify_supplied
 
+#: Largest |c| or |a_i| accepted: anything bigger would overflow float64 predictions.
+MAX_ATTRIBUTION_MAGNITUDE = 1e100
+
 
 class VerificationError(Exception):
     """The run could not be completed (transport fault, malformed message, task mismatch)."""
@@ -228,6 +231,13 @@ class VerifierSession:
             )
         if not np.all(np.isfinite(values)) or not np.isfinite(part.intercept):
             raise VerificationError(f"attribution for target {t} contains non-finite numbers")
+        if np.any(np.abs(values) > MAX_ATTRIBUTION_MAGNITUDE) or (
+            abs(part.intercept) > MAX_ATTRIBUTION_MAGNITUDE
+        ):
+            raise VerificationError(
+                f"attribution for target {t} has a number above {MAX_ATTRIBUTION_MAGNITUDE:g} in "
+                "magnitude: too large to evaluate predictions without overflow"
+            )
         if self._intercept_seen[t] and part.intercept != self.intercepts[t]:
             raise VerificationError(f"target {t}'s intercept changed between parts")
         self.intercepts[t] = part.intercept
