@@ -140,7 +140,7 @@ def _transport_credentials(args: argparse.Namespace):  # type: ignore[no-untyped
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from prover.server import build_server, serve_forever
+    from prover.server import run_prover
     from prover.servicer import ProverServicer
     from prover.session import SessionRegistry
     from prover.strategy import ChallengeRetrainer, HonestStrategy
@@ -178,23 +178,18 @@ def _serve(args: argparse.Namespace) -> int:
         info = f"ADVERSARIAL {args.cheat}: {info}"
     registry = SessionRegistry(args.max_sessions, ttl_s=args.session_ttl)
     servicer = ProverServicer(task, factory, registry, info)
-    server, port = build_server(
+    security = "plain text"
+    if credentials is not None:
+        security = "mutual TLS" if args.tls_client_ca else "TLS"
+    run_prover(
         servicer,
         args.host,
         args.port,
         args.workers,
         credentials=credentials,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        security=security,
     )
-    security = "plain text"
-    if credentials is not None:
-        security = "mutual TLS" if args.tls_client_ca else "TLS"
-
-    def announce() -> None:
-        log.info("listening on %s:%d with %s (%s)", args.host, port, security, info)
-        print(f"LISTENING {args.host}:{port}", flush=True)
-
-    serve_forever(server, on_started=announce)
     return 0
 
 

@@ -142,3 +142,30 @@ def serve_forever(
         for s, handler in previous.items():
             signal.signal(s, handler)
         log.info("server stopped")
+
+
+def run_prover(
+    servicer: ProverServicer,
+    host: str,
+    port: int,
+    workers: int = 8,
+    *,
+    credentials: grpc.ServerCredentials | None = None,
+    max_concurrent_rpcs: int | None = None,
+    security: str = "plain text",
+) -> None:
+    """Build, announce (``LISTENING host:port`` on stdout) and serve until SIGINT/SIGTERM.
+
+    The one serving path of ``prover serve`` and ``simulations serve``: both print the same
+    announcement line, which scripts and tests wait for.
+    """
+    server, bound = build_server(
+        servicer, host, port, workers, credentials=credentials,
+        max_concurrent_rpcs=max_concurrent_rpcs,
+    )  # fmt: skip
+
+    def announce() -> None:
+        log.info("listening on %s:%d with %s (%s)", host, bound, security, servicer.prover_info)
+        print(f"LISTENING {host}:{bound}", flush=True)
+
+    serve_forever(server, on_started=announce)

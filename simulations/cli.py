@@ -118,12 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     from protocol.accounting import plan_manual
     from protocol.tasks import load_task
-    from prover.server import build_server, serve_forever
+    from prover.server import run_prover
     from prover.servicer import ProverServicer
     from prover.session import SessionRegistry
+    from prover.tls import check_plaintext_policy
     from simulations.adversaries import AttackContext, make_adversary
     from simulations.sweep import honest_attribution
 
+    # Same policy as prover serve: plain text only on loopback (no TLS flags here).
+    check_plaintext_policy(args.host, tls=False, insecure_plaintext=False)
     task = load_task(args.task)
     m_star = args.lie_allowance
     if m_star is None:
@@ -158,13 +161,7 @@ def _serve(args: argparse.Namespace) -> int:
     if err is not None:
         log.info("true err of the claimed attribution: %.6g", err)
     servicer = ProverServicer(task, factory, SessionRegistry(args.max_sessions), info)
-    server, port = build_server(servicer, args.host, args.port, args.workers)
-
-    def announce() -> None:
-        log.info("listening on %s:%d (%s)", args.host, port, info)
-        print(f"LISTENING {args.host}:{port}", flush=True)
-
-    serve_forever(server, on_started=announce)
+    run_prover(servicer, args.host, args.port, args.workers)
     return 0
 
 

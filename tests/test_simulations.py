@@ -224,3 +224,10 @@ def test_practical_mode_sweep_runs(tmp_path, capsys) -> None:
     assert cells[0]["accept_rate"] == 0.0
     # The naive verifier judges on the MSE sample practical mode consumed (never NaN).
     assert cells[0]["naive_accept_rate"] in (0.0, 1.0)
+
+
+def test_serve_refuses_plain_text_off_loopback(capsys) -> None:
+    # Refused before anything is loaded or bound (same policy as `prover serve`).
+    rc = cli.main(["serve", "scale", "--strength", "0.5", "--host", "0.0.0.0", "--port", "0"])
+    assert rc == 2
+    assert "refusing to serve plain-text" in capsys.readouterr().err
