@@ -198,6 +198,16 @@ class _RealTask(Task):
         """Training labels (N,) in {−1, +1}."""
         return self.split.y_train
 
+    def _spec_header(self) -> dict[str, Any]:
+        """The spec fields every real task shares: name, data provenance, N, Z and p."""
+        return {
+            "name": self.name,
+            "dataset": self.dataset_spec,
+            "num_train_points": self.num_train_points,
+            "num_targets": self.num_targets,
+            "p": self.p,
+        }
+
     def data_bytes(self) -> bytes:
         """Canonical bytes of the training points, labels and targets actually used."""
         return self.split.canonical_bytes()
@@ -295,11 +305,7 @@ class LogisticRegressionTask(_RealTask):
     def spec(self) -> dict[str, Any]:
         """Canonical spec: name, data provenance and scaling, recipe (λ, tol, τ, b), p, N, Z."""
         return {
-            "name": self.name,
-            "dataset": self.dataset_spec,
-            "num_train_points": self.num_train_points,
-            "num_targets": self.num_targets,
-            "p": self.p,
+            **self._spec_header(),
             "recipe": {
                 "model": "logistic regression, bias as last weight",
                 "objective": "(1/N) sum_i mask_i log(1+exp(-y_i w.x_i)) + (l2/2)||w||^2 "
@@ -392,11 +398,7 @@ class MLPTask(_RealTask):
     def spec(self) -> dict[str, Any]:
         """Canonical spec: name, data, recipe (architecture, optimiser, steps, init), b, τ."""
         return {
-            "name": self.name,
-            "dataset": self.dataset_spec,
-            "num_train_points": self.num_train_points,
-            "num_targets": self.num_targets,
-            "p": self.p,
+            **self._spec_header(),
             "recipe": {
                 **self.recipe.spec(),
                 "objective": "(1/N) sum_i mask_i log(1+exp(-y_i out(x_i))) + (l2/2)||theta||^2",
