@@ -5,6 +5,9 @@
 * ``simulations run [--quick] [--json] [--grpc] [--real] ...``: sweep adversary × strength × ε ×
   trials against the real verifier; resumable (``OUT/cells.jsonl``), writes ``table.md`` and plots.
 * ``simulations list``: the catalogue.
+* ``simulations validity|catch-rate [--trials N] [--report DIR] [--json] [--quick]``: the
+  Monte-Carlo grids of the practical verifier (:mod:`simulations.validity`); exit 1 if a cell
+  shows a violation of the guarantee (err ≥ ε accepted more often than δ).
 
 Exit codes: 0 done, 2 bad input or startup error, 130 interrupted (finished cells are kept).
 """
@@ -108,6 +111,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true")
 
     sub.add_parser("list", help="print the adversary catalogue")
+
+    for name, helptext in (
+        ("validity", "Monte-Carlo validity grid of the practical verifier (ε × N × Z)"),
+        ("catch-rate", "Monte-Carlo catch rates of every adversary (practical mode)"),
+    ):
+        mc = sub.add_parser(name, help=helptext)
+        mc.add_argument(
+            "--trials", type=int, default=None, help="trials per cell (200; --quick: 20)"
+        )
+        mc.add_argument("--out", type=Path, default=Path("runs") / name, help="trials.jsonl dir")
+        mc.add_argument("--report", type=Path, default=None, help="write table.md and PNG here")
+        mc.add_argument("--json", action="store_true", help="print one JSON object with the rows")
+        mc.add_argument("--quick", action="store_true", help="a small fixed-seed grid (minutes)")
+        mc.add_argument("--seed", type=int, default=0)
+        mc.add_argument("--delta", type=float, default=0.05)
+        mc.add_argument("--no-progress", action="store_true")
+        mc.add_argument(
+            "--no-run", action="store_true", help="only report the trials already in --out"
+        )
+        if name == "validity":
+            mc.add_argument("--epsilons", type=_floats, default=(0.2, 0.1, 0.05))
+            mc.add_argument("--ns", type=_floats, default=(100, 10_000))
+            mc.add_argument("--zs", type=_floats, default=(1, 10))
+        else:
+            mc.add_argument("--epsilon", type=float, default=0.2)
     return parser
 
 
@@ -291,6 +319,72 @@ def _print_table(records: list[dict[str, Any]], out: Path, computed: int, reused
     Console().print(table)
 
 
+#: ``--quick`` Monte-Carlo grids: 20 trials; validity at a larger ε keeps its plan small (about
+#: two seconds per trial); catch-rate keeps ε (about ten seconds per trial).
+QUICK_MC = {"epsilon": 0.5, "trials": 20}
+
+
+def _montecarlo(args: argparse.Namespace) -> int:
+    from simulations.validity import catalogue_cells, run_cells, validity_cells
+
+    trials = args.trials or (QUICK_MC["trials"] if args.quick else 200)
+    if trials < 1:
+        raise ValueError("--trials must be >= 1")
+    if args.command == "validity":
+        eps = (QUICK_MC["epsilon"],) if args.quick else args.epsilons
+        ns = (100,) if args.quick else tuple(int(n) for n in args.ns)
+        zs = (1,) if args.quick else tuple(int(z) for z in args.zs)
+        cells = validity_cells(eps, ns, zs, args.delta)
+    else:
+        cells = catalogue_cells(args.epsilon, args.delta)  # --quick: fewer trials, same ε
+    progress: Any = None
+    bar: Any = None
+    if args.no_run:
+        path = args.out / "trials.jsonl"
+        if not path.exists():
+            raise ValueError(f"--no-run: no trials file at {path}")
+        return _mc_report(args, cells, path, None)
+    if not args.no_progress and not args.json:
+        from rich.progress import Progress
+
+        bar = Progress(transient=False)
+        tasks = {c.key(): bar.add_task(c.label, total=trials) for c in cells}
+        bar.start()
+
+        def progress(cell: Any, done: int, total: int) -> None:
+            bar.update(tasks[cell.key()], completed=done)
+
+    try:
+        path = run_cells(cells, trials, args.out, seed=args.seed, progress=progress)
+    finally:
+        if bar is not None:
+            bar.stop()
+    return _mc_report(args, cells, path, trials)
+
+
+def _mc_report(args: argparse.Namespace, cells: list[Any], path: Path, trials: int | None) -> int:
+    from simulations.validity import summarise, verdict_on_row
+    from simulations.validity_report import markdown_table, plot_acceptance, plot_grid
+
+    rows = [r for r in summarise(cells, path, trials) if r["trials"]]
+    for r in rows:
+        r["against_guarantee"] = verdict_on_row(r)
+    if args.report is not None:
+        args.report.mkdir(parents=True, exist_ok=True)
+        (args.report / "table.md").write_text(markdown_table(rows), encoding="utf-8")
+        if args.command == "validity":
+            plot_grid(rows, args.report / "validity.png")
+        else:
+            plot_acceptance(rows, args.report / "catch-rate.png", "Practical verifier vs naive")
+    if args.json:
+        print(json.dumps({"command": args.command, "trials_file": str(path), "cells": rows}))
+    else:
+        print(markdown_table(rows))
+        print(f"trials: {path} (rerun to resume or extend)")
+    bad = [r for r in rows if r["against_guarantee"] == "VIOLATION"]
+    return 1 if bad else 0
+
+
 def _list() -> int:
     from simulations.adversaries import ADVERSARIES
 
@@ -312,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "run":
             return _run(args)
+        if args.command in ("validity", "catch-rate"):
+            return _montecarlo(args)
         return _list()
     except (ValueError, OSError) as exc:
         print(f"simulations: error: {exc}", file=sys.stderr)

@@ -98,8 +98,8 @@ def plot_acceptance(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
                 rs = sorted(unsorted, key=lambda r: r["err_over_epsilon"])
                 x = [r["err_over_epsilon"] for r in rs]
                 y = [r["accept_rate"] for r in rs]
-                lo = [r["accept_rate"] - r["accept_lower"] for r in rs]
-                hi = [r["accept_upper"] - r["accept_rate"] for r in rs]
+                lo = [max(0.0, r["accept_rate"] - r["accept_lower"]) for r in rs]
+                hi = [max(0.0, r["accept_upper"] - r["accept_rate"]) for r in rs]
                 c = colours[i % len(colours)]
                 ax.errorbar(x, y, yerr=[lo, hi], marker="o", color=c, capsize=3, label=name)
                 ax.plot(
@@ -137,8 +137,8 @@ def plot_acceptance(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
             rs = sorted(unsorted, key=lambda r: r["strength"])
             x = [r["strength"] for r in rs]
             y = [r["accept_rate"] for r in rs]
-            lo = [r["accept_rate"] - r["accept_lower"] for r in rs]
-            hi = [r["accept_upper"] - r["accept_rate"] for r in rs]
+            lo = [max(0.0, r["accept_rate"] - r["accept_lower"]) for r in rs]
+            hi = [max(0.0, r["accept_upper"] - r["accept_rate"]) for r in rs]
             ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=name)
         delta = next(iter(others.values()))[0]["delta"]
         ax.axhline(delta, color="red", linestyle=":", label=f"δ = {delta:g}")

@@ -55,7 +55,8 @@ def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[f
     denom = 1.0 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the interval always contains p (rounding can push an endpoint past it when p is 0 or 1)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -98,6 +98,10 @@ def test_wilson_interval() -> None:
     assert hi < 0.05  # 73 clean trials bound the rate below δ = 0.05
     lo, hi = wilson_interval(5, 10)
     assert lo < 0.5 < hi
+    for n in range(1, 400):  # the interval contains the rate (a plot's error bars need it)
+        for k in (0, n):
+            lo, hi = wilson_interval(k, n)
+            assert lo <= k / n <= hi
 
 
 def _plan(pairs: int, epsilon: float):

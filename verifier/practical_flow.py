@@ -103,6 +103,7 @@ def run_sequential_mse(
     sample_masks: Callable[[np.ndarray], np.ndarray],
     fetch: Callable[[int, int], np.ndarray],
     progress: Progress | None = None,
+    residual: Any = None,
 ) -> SequentialOutcome:
     """Residual interval, then the MSE sample batch by batch until the verdict is determined.
 
@@ -110,17 +111,20 @@ def run_sequential_mse(
     [first, first + count) — retrained locally or certified from supplied models;
     ``sample_masks(indices)`` their subsets. With ε relative to Var f, the first
     ``plan.variance_samples`` members also give the variance lower bound (a fixed-size bound).
+    ``residual``: the :func:`residual_interval` of exactly these ``f_values`` under this plan, when
+    the caller has it already (simulations judging several provers on the same values).
     """
     split = plan.delta_split
     b, tau = task.output_bound, task.tolerance
-    residual = residual_interval(
-        f_values,
-        plan.rho,
-        b,
-        split["residual_per_target"],
-        lie_allowance=plan.lie_allowance,
-        tolerance=tau,
-    )
+    if residual is None:
+        residual = residual_interval(
+            f_values,
+            plan.rho,
+            b,
+            split["residual_per_target"],
+            lie_allowance=plan.lie_allowance,
+            tolerance=tau,
+        )
     ranges = datamodel_range(intercepts, coefficients)
     cs = mse_confidence_sequence(b, ranges, tau, split["mse_per_target"])
     cap = plan.mse_samples

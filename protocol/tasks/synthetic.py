@@ -316,12 +316,32 @@ class SyntheticTask(Task):
         Each row is computed by the same fixed sequence of elementwise float operations, so the
         result does not depend on K or on the other rows.
         """
+        return self.evaluate_support(masks, columns_only=False)
+
+    @property
+    def support_columns(self) -> np.ndarray:
+        """The sorted training-point indices f depends on (union of every target's supports).
+
+        f̄(x) is a function of x restricted to these columns only, so a simulation may draw just
+        these coordinates (they are independent of the others under B_p)."""
+        return self._cols.copy()
+
+    def evaluate_support(self, masks: np.ndarray, columns_only: bool = True) -> np.ndarray:
+        """f̄ from masks restricted to :attr:`support_columns` ((K, |cols|) bool), as (K, Z).
+
+        With ``columns_only=False`` the masks are full (K, n) rows (this is :meth:`evaluate`).
+        Bitwise identical to :meth:`evaluate` on the full rows: the same elementwise operations.
+        """
         K = masks.shape[0]
+        if columns_only and masks.ndim == 2 and masks.shape[1] != len(self._cols):
+            raise ValueError(f"expected {len(self._cols)} support columns, got {masks.shape[1]}")
         out = np.empty((K, self.z), dtype=np.float64)
         width = max(len(self._cols), self.z * 3)
         chunk = max(1, _CHUNK_ELEMS // width)
         for start in range(0, K, chunk):
-            sub = masks[start : start + chunk][:, self._cols]
+            sub = masks[start : start + chunk]
+            if not columns_only:
+                sub = sub[:, self._cols]
             y = np.where(sub, self._hi, self._lo)  # (k, |cols|): φ_i(x) for every needed i
             acc = np.zeros((y.shape[0], self.z), dtype=np.float64)
             acc += self.fhat_empty
