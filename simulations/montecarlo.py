@@ -175,22 +175,37 @@ class SupportEvaluator:
         return f, g
 
     def _parity(self, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """p = 1/2: φ_T(x) = Π(2x_i − 1) = (−1)^|T|·(1 − 2·(x_{i1} ⊕ … ⊕ x_{ik})), so each degree
-        contributes (−1)^k·(Σ w − 2·X_k w) with X_k the XOR of the term's bits (exact in float64:
-        the 0/1 products and the sums are the same numbers in a different order)."""
+        """p = 1/2: φ_T(x) = Π(2x_i − 1) = (−1)^|T|·(1 − 2·(x_{i1} ⊕ … ⊕ x_{ik})), so degree 1 is
+        2·x W₁ − Σ W₁ with W₁ the (|support| × Z) coefficient matrix, and each higher degree
+        (−1)^k·(Σ w − 2·X_k w) with X_k the XOR of the term's bits. Exact in float64 up to the
+        order of the sums."""
         t = self.task
         f = np.broadcast_to(t.fhat_empty, (masks.shape[0], t.num_targets)).copy()
+        ones = masks.astype(np.float64)
+        part = 2.0 * (ones @ self.dense_linear) - self.dense_linear.sum(axis=0)
+        f += part
         g = f.copy()
-        for k, (cols, w) in enumerate(zip(self.columns, self.weights, strict=True)):
+        for cols, w in zip(self.columns, self.weights, strict=True):
+            if cols.shape[1] == 1:
+                continue
             bits = masks[:, cols[:, 0]]
             for d in range(1, cols.shape[1]):
-                bits = bits ^ masks[:, cols[:, d]]
+                bits ^= masks[:, cols[:, d]]
             sign = -1.0 if cols.shape[1] % 2 else 1.0
-            part = sign * (w.sum(axis=0) - 2.0 * (bits.view(np.uint8) @ w))
-            f += part
-            if k == 0 and cols.shape[1] == 1:
-                g += part
+            f += sign * (w.sum(axis=0) - 2.0 * (bits.astype(np.float64) @ w))
         return f, g
+
+    @property
+    def dense_linear(self) -> np.ndarray:
+        """W₁ as a (|support| × Z) matrix: W₁[c, t] = f̂_{c} of target t (0 where absent)."""
+        if not hasattr(self, "_dense_linear"):
+            t = self.task
+            w = np.zeros((len(t.support_columns), t.num_targets))
+            local, val = t._local[0], t.values[0]  # (Z, count, 1), (Z, count)
+            for target in range(t.num_targets):
+                np.add.at(w[:, target], local[target, :, 0], val[target])
+            self._dense_linear = w
+        return self._dense_linear
 
 
 def _check_exact(task: SyntheticTask, honest: Attribution) -> None:

@@ -254,6 +254,7 @@ def summarise(cells: list[GridCell], path: Path, trials: int | None = None) -> l
                     ),
                     "mean_lies": float(np.mean([o["lies"] for o in outs])) if n else None,
                     "mean_mse_samples": float(np.mean(mse_used)) if n else None,
+                    "tolerance": plan.tolerance,
                     "rho": plan.rho,
                     "tuples": plan.pairs_per_level,
                     "spot_checks": plan.spot_checks,
@@ -272,7 +273,7 @@ def verdict_on_row(row: dict[str, Any]) -> str:
     """What the row shows against the guarantee: "ok", "VIOLATION" or "too few trials".
 
     err ≥ ε: the Wilson upper bound on acceptance must be ≤ δ. err = 0 with honest answers
-    (honest, fp-noise ≤ τ): acceptance must be ≥ 1 − δ (Wilson lower bound is reported beside it).
+    (honest, fp-noise ≤ τ): acceptance must be ≥ 1 − δ (its Wilson interval is reported beside it).
     Otherwise (0 < err < ε, or tampered answers with an honest attribution) there is no promise."""
     if not row["trials"]:
         return "no trials"
@@ -280,6 +281,7 @@ def verdict_on_row(row: dict[str, Any]) -> str:
         if row["accept_upper"] <= row["delta"]:
             return "ok"
         return "VIOLATION" if row["accept_rate"] > row["delta"] else "too few trials"
-    if row["prover"] == "honest":
+    within_tau = row["adversary"] == "fp-noise" and row["strength"] <= row.get("tolerance", 0.0)
+    if row["prover"] == "honest" or within_tau:  # completeness: an honest report must pass
         return "ok" if row["accept_rate"] >= 1 - row["delta"] else "below 1 − δ"
     return "no promise"

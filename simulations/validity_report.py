@@ -35,21 +35,27 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot_acceptance(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
-    """Acceptance (with Wilson bars) against err/ε, one curve per adversary, the naive verifier
-    dashed, the δ line and the ε line; answer attacks (err = 0 with tampered answers) are marked
-    at err/ε = 0 with their own markers."""
+    """Two panels. Left: attribution attacks, acceptance (Wilson bars) against err/ε, one curve
+    per adversary, the naive verifier dashed, the δ and err = ε lines. Right: the provers with an
+    honest attribution (honest, answer attacks), acceptance per prover with the naive rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.35, 1]})
+    colours = plt.get_cmap("tab10")
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    flat = []
     for r in rows:
-        if r["trials"]:
+        if not r["trials"]:
+            continue
+        if r["true_err"] > 0:
             groups[r["adversary"]].append(r)
+        else:
+            flat.append(r)
     delta = rows[0]["delta"] if rows else 0.05
-    for name, group in sorted(groups.items()):
+    for i, (name, group) in enumerate(sorted(groups.items())):
         rs = sorted(group, key=lambda r: r["err_over_eps"])
         x = [r["err_over_eps"] for r in rs]
         y = [r["accept_rate"] for r in rs]
@@ -57,23 +63,36 @@ def plot_acceptance(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
             [max(0.0, r["accept_rate"] - r["accept_lower"]) for r in rs],
             [max(0.0, r["accept_upper"] - r["accept_rate"]) for r in rs],
         ]
-        line = ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=name)
-        ax.plot(
-            x,
-            [r["naive_accept_rate"] for r in rs],
-            linestyle="--",
-            marker="x",
-            color=line[0].get_color(),
-            alpha=0.6,
-        )
+        colour = colours(i % 10)
+        ax.errorbar(x, y, yerr=yerr, marker="o", capsize=3, label=name, color=colour)
+        ax.plot(x, [r["naive_accept_rate"] for r in rs], "--x", color=colour, alpha=0.6)
     ax.axhline(delta, color="red", linestyle=":", label=f"δ = {delta:g}")
     ax.axvline(1.0, color="grey", linestyle=":", label="err = ε")
-    ax.plot([], [], linestyle="--", marker="x", color="black", alpha=0.6, label="naive (dashed)")
+    ax.plot([], [], "--x", color="black", alpha=0.6, label="naive verifier (dashed)")
     ax.set_xlabel("true err / ε")
     ax.set_ylabel("acceptance rate (95% Wilson)")
     ax.set_ylim(-0.03, 1.03)
-    ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2, loc="center right")
+    ax.set_title("bad attributions")
+    ax.legend(fontsize=7, loc="center right")
+
+    ys = range(len(flat))
+    rate = [r["accept_rate"] for r in flat]
+    err = [
+        [max(0.0, r["accept_rate"] - r["accept_lower"]) for r in flat],
+        [max(0.0, r["accept_upper"] - r["accept_rate"]) for r in flat],
+    ]
+    bx.barh(list(ys), rate, xerr=err, capsize=2, color="tab:blue", label="practical verifier")
+    bx.scatter([r["naive_accept_rate"] for r in flat], list(ys), marker="x", color="black",
+               zorder=3, label="naive verifier")  # fmt: skip
+    bx.set_yticks(list(ys))
+    bx.set_yticklabels([r["prover"] for r in flat], fontsize=7)
+    bx.axvline(delta, color="red", linestyle=":", label=f"δ = {delta:g}")
+    bx.axvline(1 - delta, color="green", linestyle=":", label=f"1 − δ = {1 - delta:g}")
+    bx.set_xlim(0, 1.05)
+    bx.set_xlabel("acceptance rate (95% Wilson)")
+    bx.set_title("honest attribution, tampered answers (err = 0)")
+    bx.legend(fontsize=7, loc="center")
+    fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
