@@ -49,7 +49,6 @@ from protocol.decision import datamodel_predictions
 from protocol.practical import (
     PilotStats,
     PracticalPlan,
-    pilot_masks,
     plan_practical,
     residual_coefficients,
     residual_interval,
@@ -57,7 +56,7 @@ from protocol.practical import (
 from protocol.tasks.synthetic import SyntheticTask
 from prover.strategy import Attribution
 from simulations.adversaries import AttackContext, make_adversary, resolve
-from verifier.practical_flow import MSE_BATCH, PILOT_RHOS, run_sequential_mse
+from verifier.practical_flow import MSE_BATCH, run_pilot, run_sequential_mse
 
 #: The naive verifier accepts when msê ≤ (1 − NAIVE_R2)·Var̂ f on the first NAIVE_SAMPLES of M.
 NAIVE_R2 = 0.5
@@ -476,13 +475,8 @@ def targeted_lies(
 
 
 def seeded_pilot(task: SyntheticTask, seed: Any, num_tuples: int = PILOT_TUPLES) -> PilotStats:
-    """The verifier's sizing pilot (as ``verifier.practical_flow.run_pilot``), seeded."""
-    rng = derive_rng(seed, "pilot")
-    masks = pilot_masks(num_tuples, task.num_train_points, task.p, PILOT_RHOS, rng)
-    keys = list(masks)
-    f = task.evaluate(np.concatenate([masks[k] for k in keys], axis=0))
-    values = {k: f[i * num_tuples : (i + 1) * num_tuples] for i, k in enumerate(keys)}
-    return PilotStats.from_f_values(values, PILOT_RHOS)
+    """The verifier's sizing pilot (``verifier.practical_flow.run_pilot``), seeded."""
+    return run_pilot(task, num_tuples, derive_rng(seed, "pilot")).stats
 
 
 def cell_plan(

@@ -45,9 +45,14 @@ class PilotResult:
     retrainings: int
 
 
-def run_pilot(task: Task, num_tuples: int = PILOT_TUPLES) -> PilotResult:
-    """Retrain a small coupled pilot (CSPRNG-seeded) to predict variances for sizing."""
-    rng = np.random.default_rng(secrets.randbits(128))
+def run_pilot(
+    task: Task, num_tuples: int = PILOT_TUPLES, rng: np.random.Generator | None = None
+) -> PilotResult:
+    """Retrain a small coupled pilot to predict variances for sizing.
+
+    The pilot is CSPRNG-seeded unless ``rng`` is given (simulations pass a seeded one so their
+    plans are reproducible); it only sizes the run, never enters a guarantee."""
+    rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
     masks = pilot_masks(num_tuples, task.num_train_points, task.p, PILOT_RHOS, rng)
     keys = list(masks)
     stacked = np.concatenate([masks[k] for k in keys], axis=0)
