@@ -52,6 +52,7 @@ from protocol.practical import (
     plan_practical,
     residual_coefficients,
     residual_interval,
+    residual_samples,
 )
 from protocol.tasks.synthetic import SyntheticTask
 from prover.strategy import Attribution
@@ -154,6 +155,12 @@ class SupportEvaluator:
             w = np.zeros((z * count, z))
             w[np.arange(z * count), np.repeat(np.arange(z), count)] = val.reshape(-1)
             self.weights.append(w)
+        #: W₁ as a (|support| × Z) matrix: W₁[c, t] = f̂_c of target t (0 where absent).
+        self.dense_linear = np.zeros((len(task.support_columns), z))
+        for target in range(z):
+            np.add.at(
+                self.dense_linear[:, target], task._local[0][target, :, 0], task.values[0][target]
+            )
 
     def __call__(self, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(f̄, g*) for (K, |support|) bool masks, each (K, Z)."""
@@ -193,18 +200,6 @@ class SupportEvaluator:
             sign = -1.0 if cols.shape[1] % 2 else 1.0
             f += sign * (w.sum(axis=0) - 2.0 * (bits.astype(np.float64) @ w))
         return f, g
-
-    @property
-    def dense_linear(self) -> np.ndarray:
-        """W₁ as a (|support| × Z) matrix: W₁[c, t] = f̂_{c} of target t (0 where absent)."""
-        if not hasattr(self, "_dense_linear"):
-            t = self.task
-            w = np.zeros((len(t.support_columns), t.num_targets))
-            local, val = t._local[0], t.values[0]  # (Z, count, 1), (Z, count)
-            for target in range(t.num_targets):
-                np.add.at(w[:, target], local[target, :, 0], val[target])
-            self._dense_linear = w
-        return self._dense_linear
 
 
 def _check_exact(task: SyntheticTask, honest: Attribution) -> None:
@@ -301,19 +296,6 @@ class ProverModel:
         return self.name if self.name == "honest" else f"{self.name}:{self.strength:g}"
 
 
-@dataclass
-class Report:
-    """What a prover model hands the verifier in one trial: (c, a), the f-values of E, and the
-    tampered members a check would expose."""
-
-    intercepts: np.ndarray
-    coefficients: np.ndarray
-    f: np.ndarray
-    exposed: int
-    lies: int = 0
-    note: str = ""
-
-
 def prover_attribution(
     model: ProverModel, task: SyntheticTask, honest: Attribution, context: AttackContext
 ) -> Attribution:
@@ -391,24 +373,21 @@ def lie_gains(f: np.ndarray, rho: float, bound: float) -> tuple[np.ndarray, np.n
     """
     a, bb, c = residual_coefficients(rho)
     u, v, w, s = (f[role::MEMBERS_PER_TUPLE] for role in range(MEMBERS_PER_TUPLE))
-    k_u = a * v - bb * w + c * s
-    r_now = 0.5 * (u * u + v * v) + u * k_u
+    r_now = residual_samples(f, rho)
 
     def sgn(x: np.ndarray) -> np.ndarray:
         return np.where(x >= 0, 1.0, -1.0)
 
     best = np.empty_like(f)
-    best[0::4] = sgn(k_u) * bound
+    best[0::4] = sgn(a * v - bb * w + c * s) * bound
     best[1::4] = sgn(a * u) * bound
     best[2::4] = -sgn(u) * bound
     best[3::4] = sgn(u) * bound
     gains = np.empty_like(f)
     for role in range(MEMBERS_PER_TUPLE):
-        vals = [u, v, w, s]
-        vals[role] = best[role::4]
-        uu, vv, ww, ss = vals
-        r_new = 0.5 * (uu * uu + vv * vv) + uu * (a * vv - bb * ww + c * ss)
-        gains[role::4] = r_new - r_now
+        lied = f.copy()
+        lied[role::MEMBERS_PER_TUPLE] = best[role::MEMBERS_PER_TUPLE]
+        gains[role::MEMBERS_PER_TUPLE] = residual_samples(lied, rho) - r_now
     return gains.sum(axis=1), best
 
 
