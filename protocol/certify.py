@@ -1,8 +1,9 @@
 """Certified checks for convex (logistic-regression) tasks: one gradient pass instead of retraining.
 
 For a λ-strongly-convex objective L_S, any weights w satisfy ‖w − w*_S‖₂ ≤ ‖∇L_S(w)‖₂ / λ. The
-output f_t(w) = b·tanh((y_t·wᵀx̃_t − center_t)/b) is Lipschitz in w with constant
-Lip_t = ‖x̃_t‖₂ (b·tanh(·/b) is 1-Lipschitz, the margin is linear in w, |y_t| = 1). So a verifier
+output f_t(w) = b·tanh((y_t·wᵀx̃_t − center_t)/(σ_t·b)) is Lipschitz in w with constant
+Lip_t = ‖x̃_t‖₂/σ_t (b·tanh(·/b) is 1-Lipschitz, the margin is linear in w, |y_t| = 1; σ_t = 1
+unless the task sets ``scale=auto``, see ``LogisticRegressionTask.output_lipschitz``). So a verifier
 that receives a prover's claimed weights w for subset S can bound the true output of the optimum:
 
     |f_t(w) − f_t(w*_S)| ≤ Lip_t · ‖∇L_S(w)‖₂ / λ,
@@ -266,7 +267,7 @@ def certify_models(
         )
         f_values[lo:hi] = task.outputs(w[lo:hi])
 
-    lip = float(np.max(np.linalg.norm(task.target_features, axis=1))) if z else 0.0
+    lip = float(np.max(task.output_lipschitz)) if z else 0.0
     slack = _rounding_slack(task, np.linalg.norm(w, axis=1), grad_norms)
     bound = lip * (grad_norms + slack) / task.l2 * (1.0 + 8.0 * UNIT_ROUNDOFF)
     bound = np.where(np.isnan(bound), np.inf, bound)

@@ -635,6 +635,12 @@ class PracticalPlan:
     assumptions: list[str] = field(default_factory=list)
     verifier_retrainings: int = 0
     prover_retrainings: int = 0
+    #: The user's hard cap on |M| (``max_mse_samples``); ``mse_samples`` is the planned count at
+    #: G = b, which the verifier may raise up to this cap once the claimed datamodel's range G is
+    #: committed (:func:`mse_samples_for_range`). 0: no raise.
+    max_mse_samples: int = 0
+    #: The honest loss sd the sizes were planned with (per target, max), for re-prediction.
+    loss_sd_planned: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -879,4 +885,33 @@ def plan_practical(
         assumptions=assumptions,
         verifier_retrainings=ver,
         prover_retrainings=members,
+        max_mse_samples=cap,
+        loss_sd_planned=loss_sd,
     )
+
+
+def mse_samples_for_range(plan: PracticalPlan, datamodel_ranges: Any) -> int:
+    """The MSE-sample cap to use once the claimed datamodel's ranges G_t are known.
+
+    ``plan.mse_samples`` was predicted at G = b, before the prover committed; a claimed datamodel
+    with G ≫ b has a wider loss range, so the same confidence-sequence width needs more samples.
+    Returns the smallest t ≤ ``plan.max_mse_samples`` whose predicted half-width at the claimed
+    G_t meets the planned target 0.35·ε/2 for every target (the cap itself when none does), and
+    never less than ``plan.mse_samples``. Soundness does not depend on it: the confidence
+    sequence is anytime-valid, and G is committed before M is revealed, so the cap is independent
+    of M. It only restores completeness (an honest prover with a large G is not cut off).
+    """
+    cap = int(plan.max_mse_samples)
+    if cap <= plan.mse_samples:
+        return int(plan.mse_samples)
+    g = np.broadcast_to(np.asarray(datamodel_ranges, dtype=np.float64), (plan.num_targets,))
+    loss_b = mse_loss_bound(plan.output_bound, float(np.max(g)), plan.tolerance)
+    target_w = 0.5 * BUDGET["mse"] * min(plan.epsilon)
+    d_m = plan.delta_split["mse_per_target"]
+    sd = float(plan.loss_sd_planned)
+
+    def ok(t: int) -> bool:
+        return float(predicted_cs_halfwidth(t, sd, float(loss_b), d_m)[0]) <= target_w
+
+    need = _smallest(ok, 2, cap)
+    return max(int(plan.mse_samples), cap if need is None else need)

@@ -24,8 +24,10 @@ from prover.strategy import Answers, HonestStrategy
 
 log = logging.getLogger("prover")
 
-#: Upper bound on the number of coupled tuples one session may ask for (4 members each).
-MAX_TUPLES = 5_000_000
+#: Upper bound on the number of coupled tuples one session may ask for (4 members each). Practical
+#: plans at ε = 0.1·Var f need about 5–6M on digits-logreg; weights of that many models are kept
+#: in a disk-backed array (``prover.strategy.WEIGHTS_IN_MEMORY_BYTES``).
+MAX_TUPLES = 8_000_000
 #: Largest slice of the MSE sample one SupplyModels call may ask for.
 MAX_MODELS_PER_CALL = 65_536
 #: Values per streamed chunk, keeping each message far below gRPC's size limit.
@@ -108,11 +110,10 @@ class ProverSession:
                 time.monotonic() - started,
                 answers.tree.root.hex()[:16],
             )
-        chunks = list(self._commit_chunks(answers))
-        for chunk in chunks:
+        for chunk in self._commit_chunks(answers):  # lazily: |E|·Z values can be gigabytes
             self.transcript.append_message("p2v", chunk)
+            yield chunk
         self._touch()
-        yield from chunks
 
     def _parse_challenge(self, request: pb.ChallengeRequest) -> ChallengeSpec:
         if request.session_id != self.id:
@@ -184,17 +185,29 @@ class ProverSession:
             return self.answers
 
     def open(self, request: pb.OpenRequest) -> Iterator[pb.Opening]:
-        """Open the requested leaves (the revealed spot-check set C) with inclusion proofs."""
+        """Open the requested leaves (the revealed spot-check set C) with inclusion proofs, and
+        with each member's weights when the verifier asks (certified spot checks)."""
         indices = list(request.indices)
         if self.answers is not None:
             n = len(self.answers.f_values)
             bad = [i for i in indices if i >= n]
             if bad:
                 raise ProtocolFault("OUT_OF_RANGE", f"open index {bad[0]} out of range (|E| = {n})")
+            if request.with_weights and self.answers.weights is None:
+                raise ProtocolFault(
+                    "FAILED_PRECONDITION",
+                    f"task {self.task.name!r} has no weights to open (its checks are by "
+                    "retraining)",
+                )
         if len(set(indices)) != len(indices):
             raise ProtocolFault("INVALID_ARGUMENT", "open request repeats an index")
         answers = self._begin_open(request, request.session_id)
-        log.info("session %s: opening %d spot-checked leaves", self.id[:8], len(indices))
+        log.info(
+            "session %s: opening %d spot-checked leaves%s",
+            self.id[:8],
+            len(indices),
+            " with weights" if request.with_weights else "",
+        )
         for index in indices:
             data = self.strategy.open(answers, int(index))
             msg = pb.Opening(
@@ -204,6 +217,10 @@ class ProverSession:
                 weights_digest=data.weights_digest,
                 proof=list(data.proof),
             )
+            if request.with_weights:
+                msg.weights = np.ascontiguousarray(
+                    self.strategy.open_weights(answers, int(index)), dtype="<f8"
+                ).tobytes()
             self.transcript.append_message("p2v", msg)
             yield msg
         self._touch()

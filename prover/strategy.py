@@ -6,6 +6,7 @@ stage (the attribution, the answers, or the openings), like TRAK's swappable pip
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -68,6 +69,27 @@ class OpeningBatchData:
     weights: np.ndarray
 
 
+#: Most challenge retrainings (x and y0 members) the honest prover adds to its regression; beyond
+#: this the fit's excess error ((N+1)/K of B≥2) is negligible and the design matrix would not fit.
+REFIT_MAX_CHALLENGES = 200_000
+
+#: Challenge weights beyond this many bytes are kept in a disk-backed array (an unlinked temporary
+#: file under $TMPDIR, gone when the session ends) rather than in memory.
+WEIGHTS_IN_MEMORY_BYTES = 1 << 30
+
+
+def weights_buffer(rows: int, dim: int) -> np.ndarray:
+    """A writable (rows, dim) float64 array: in memory when small, else disk-backed.
+
+    The disk-backed case is an ``np.memmap`` over an anonymous temporary file, so a session with
+    millions of challenge models (8·(d+1) bytes each) does not need their weights in RAM.
+    """
+    if rows * dim * 8 <= WEIGHTS_IN_MEMORY_BYTES:
+        return np.empty((rows, dim), dtype=np.float64)
+    return np.memmap(tempfile.TemporaryFile(prefix="prover-weights-"), dtype=np.float64,
+                     mode="w+", shape=(rows, dim))  # fmt: skip
+
+
 def trains_weights(task: Task) -> bool:
     """True when the task exposes its trained weights (``train`` and ``outputs``).
 
@@ -128,18 +150,27 @@ class ChallengeRetrainer:
     ) -> tuple[RetrainResult, np.ndarray, int]:
         from protocol.trainer import weights_digest
 
-        weights, seeds_all = [], []
-        for _indices, masks, seeds in spec.iter_member_batches(self.batch_size):
+        n = spec.num_members
+        all_weights: np.ndarray | None = None
+        f_all: np.ndarray | None = None
+        digests: list[bytes] = []
+        seeds_all = np.empty(n, dtype=np.uint64)
+        for indices, masks, seeds in spec.iter_member_batches(self.batch_size):
             w, _norms = self.task.train(masks, progress)  # type: ignore[attr-defined]
-            weights.append(np.asarray(w, dtype=np.float64))
-            seeds_all.append(np.asarray(seeds, dtype=np.uint64))
-        all_weights = np.concatenate(weights, axis=0)
-        result = RetrainResult(
-            f=self.task.outputs(all_weights),  # type: ignore[attr-defined]
-            weights_digests=[weights_digest(w) for w in all_weights],
-            weights=all_weights,
-        )
-        return result, np.concatenate(seeds_all), len(all_weights)
+            w = np.asarray(w, dtype=np.float64)
+            f = self.task.outputs(w)  # type: ignore[attr-defined]
+            if all_weights is None or f_all is None:
+                all_weights = weights_buffer(n, w.shape[1])
+                f_all = np.empty((n, f.shape[1]), dtype=np.float64)
+            lo, hi = int(indices[0]), int(indices[-1]) + 1
+            all_weights[lo:hi] = w
+            f_all[lo:hi] = f
+            seeds_all[lo:hi] = seeds
+            digests.extend(weights_digest(row) for row in w)
+        assert all_weights is not None
+        assert f_all is not None
+        result = RetrainResult(f=f_all, weights_digests=digests, weights=all_weights)
+        return result, seeds_all, n
 
 
 class HonestStrategy:
@@ -198,7 +229,9 @@ class HonestStrategy:
         from prover.datamodel import fit_datamodel
 
         members = np.arange(spec.num_members)
-        iid = members[(members % 4) < 2]
+        # the first REFIT_MAX_CHALLENGES independent members: a data-independent choice that
+        # keeps the regression's memory bounded on plans with millions of challenges
+        iid = members[(members % 4) < 2][:REFIT_MAX_CHALLENGES]
         masks = np.concatenate([base.training_masks, spec.member_masks(iid)])
         f = np.concatenate([base.training_f, f_values[iid]])
         model = fit_datamodel(masks, f, method="auto")
@@ -219,6 +252,11 @@ class HonestStrategy:
             weights_digest=answers.digests[index],
             proof=answers.tree.proof(index),
         )
+
+    def open_weights(self, answers: Answers, index: int) -> np.ndarray:
+        """The trained weights behind leaf ``index`` (certified spot checks): (d+1,) float64."""
+        assert answers.weights is not None
+        return np.asarray(answers.weights[index], dtype=np.float64)
 
     def open_batch(self, answers: Answers, first: int, stop: int) -> OpeningBatchData:
         """Open leaves [first, stop) faithfully with their weights (certified mode)."""

@@ -248,3 +248,36 @@ def test_logreg_centring_is_public_and_centres_f() -> None:
     assert np.max(np.abs(centred.mean(axis=0))) < 0.1
     with pytest.raises(ValueError, match="center"):
         make("digits-logreg:center=middle")
+
+
+def test_logreg_scale_standardises_f_and_keeps_the_certificate_sound() -> None:
+    plain = make("digits-logreg:z=4")
+    scaled = make("digits-logreg:z=4,scale=auto,b=1.5")
+    again = make("digits-logreg:z=4,scale=auto,b=1.5")
+    # public and reproducible: the same σ_t and hash from two constructions; bound into the spec
+    assert np.array_equal(scaled.scale, again.scale)
+    assert scaled.identity().task_hash == again.identity().task_hash
+    assert scaled.spec()["output"]["scale"] == [float(s) for s in scaled.scale]
+    # scale=none (the default) keeps the original spec and f, bit for bit
+    assert "scale" not in plain.spec()["output"]
+    assert np.all(plain.scale == 1.0)
+    assert np.array_equal(plain.output_lipschitz, np.linalg.norm(plain.target_features, axis=1))
+    # σ_t is the margins' SD over the 64 public reference subsets, rounded to 3 significant digits
+    margins = scaled._reference_margins()
+    assert np.allclose(scaled.scale, margins.std(axis=0), rtol=5e-3)
+    rng = np.random.default_rng(0)
+    masks = rng.random((2000, scaled.num_train_points)) < 0.5
+    weights, _ = scaled.train(masks)
+    f = scaled.outputs(weights)
+    assert np.all(np.abs(f) <= 1.5)
+    # standardised: every target's f has a variance of order 1 (it is ~0.02-0.09 unscaled)
+    assert np.all((f.var(axis=0) > 0.2) & (f.var(axis=0) < 1.5))
+    # Lip_t bounds |f_t(w) − f_t(w')| / ‖w − w'‖ on every pair (the certified check relies on it)
+    dw = np.linalg.norm(weights[1:] - weights[:-1], axis=1)
+    df = np.abs(f[1:] - f[:-1])
+    assert np.all(df <= scaled.output_lipschitz * dw[:, None] * (1 + 1e-9))
+    # the default tol certifies two retrainings within τ under the larger Lipschitz constant
+    assert scaled.certified_disagreement <= scaled.tolerance
+    assert scaled.tol < plain.tol
+    with pytest.raises(ValueError, match="scale"):
+        make("digits-logreg:scale=maybe")

@@ -181,8 +181,8 @@ def _check_structure(cert: dict[str, Any]) -> dict[str, Any]:
     mode = _get(params, "mode", str, "parameters.")
     if mode not in ("manual", "theory", "practical"):
         raise _Fail(f"parameters.mode must be manual, theory or practical, got {mode!r}")
-    if _get(params, "checks", str, "parameters.") not in ("retrain", "certified"):
-        raise _Fail("parameters.checks must be 'retrain' or 'certified'")
+    if _get(params, "checks", str, "parameters.") not in ("retrain", "certified", "certified-spot"):
+        raise _Fail("parameters.checks must be 'retrain', 'certified' or 'certified-spot'")
     delta = _get(params, "delta", float, "parameters.")
     if not 0 < delta < 1:
         raise _Fail(f"parameters.delta must be in (0, 1), got {delta}")
@@ -220,7 +220,7 @@ def _check_structure(cert: dict[str, Any]) -> dict[str, Any]:
 
 def _check_spot(cert: dict[str, Any]) -> None:
     spot = cert.get("spot_check")
-    if spot is None or spot.get("mode") == "certified":
+    if spot is None or spot.get("mode") in ("certified", "certified-spot"):
         return
     tau = _get(spot, "tolerance", float, "spot_check.")
     worst = _get(spot, "max_abs_diff", float, "spot_check.")

@@ -15,11 +15,16 @@ from typing import Any
 from protocol.accounting import Plan, plan_manual, plan_theory
 from protocol.tasks import load_task
 from protocol.tasks.base import Task
+from verifier.practical_flow import PILOT_TUPLES
+from verifier.session import CHECK_MODES
 
 log = logging.getLogger("verifier")
 
 #: Above this many local retrainings the verifier refuses to start and says so.
 MAX_LOCAL_RETRAININGS = 10_000_000
+#: Largest |E| a run will ask for: 4 × the prover's tuple limit (prover.session.MAX_TUPLES); the
+#: verifier holds |E|·Z float64 f-values (about 2.6 GB at Z = 10).
+MAX_MEMBERS = 4 * 8_000_000
 
 
 def _positive_float(text: str) -> float:
@@ -52,17 +57,25 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
         default=200_000,
         help="practical: cap on the sequential MSE sample",
     )
+    p.add_argument(
+        "--pilot-tuples",
+        type=int,
+        default=PILOT_TUPLES,
+        help=f"practical: coupled tuples the sizing pilot retrains (10 models each; default "
+        f"{PILOT_TUPLES}); a larger pilot predicts sizes better and costs verifier retrainings",
+    )
     p.add_argument("--pairs", type=int, default=50_000, help="manual: coupled tuples (pairs/level)")
     p.add_argument("--spot-checks", type=int, default=64, help="manual: spot checks k")
     p.add_argument("--mse-samples", type=int, default=4_000, help="manual: MSE sample size |M|")
     p.add_argument("--rho", type=float, default=0.25, help="manual: correlation ρ")
     p.add_argument(
         "--checks",
-        choices=["auto", "retrain", "certified"],
+        choices=["auto", "retrain", "certified", "certified-spot"],
         default="auto",
         help="how challenges are checked: certified (every challenge from its weights with one "
-        "gradient pass; strongly convex tasks only), retrain (spot checks by retraining), or "
-        "auto (certified when the task supports it)",
+        "gradient pass; strongly convex tasks only), certified-spot (sampled spot checks, each "
+        "certified from its weights; the cheapest on large plans), retrain (spot checks by "
+        "retraining), or auto (certified when the task supports it)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -102,30 +115,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_checks(args: argparse.Namespace, task: Task) -> str:
-    """'certified' or 'retrain', resolving 'auto' by whether the task supports certified checks."""
+    """'certified', 'certified-spot' or 'retrain'; 'auto' is 'certified' when the task supports
+    certified checks. Raises ``ValueError`` for a certified mode on a task without them."""
     from protocol.certify import supports_certified_checks
 
     if args.checks == "auto":
         return "certified" if supports_certified_checks(task) else "retrain"
+    if args.checks != "retrain" and not supports_certified_checks(task):
+        raise ValueError(
+            f"--checks {args.checks}: task {task.name!r} does not support certified checks (it "
+            "is not strongly convex); use --checks retrain"
+        )
     return args.checks
 
 
 def make_plan(args: argparse.Namespace, task: Task) -> Any:
     """The plan the arguments ask for; raises ``ValueError`` with a readable reason.
 
-    With certified checks every challenge is checked (k = |E|, so no lie escapes: m* = 0).
+    With certified checks every challenge is checked (k = |E|, so no lie escapes: m* = 0); with
+    certified-spot checks k is sampled as with retraining, and each check is a gradient pass.
     Practical mode first retrains a small pilot (counted in ``pilot_retrainings``).
     """
     if not 0 < args.delta < 1:
         raise ValueError(f"--delta must be in (0, 1), got {args.delta}")
     if args.epsilon is not None and args.epsilon_rel is not None:
         raise ValueError("give --epsilon or --epsilon-rel, not both")
-    certified = resolve_checks(args, task) == "certified"
+    certified = resolve_checks(args, task) == "certified"  # every member checked
     if args.mode == "practical":
-        from verifier.practical_flow import make_practical_plan
+        from verifier.practical_flow import make_practical_plan, run_pilot
 
         if args.max_mse_samples < 2:
             raise ValueError("--max-mse-samples must be at least 2")
+        if args.pilot_tuples < 2:
+            raise ValueError("--pilot-tuples must be at least 2")
         plan, pilot = make_practical_plan(
             task,
             args.delta,
@@ -133,6 +155,7 @@ def make_plan(args: argparse.Namespace, task: Task) -> Any:
             epsilon_rel=args.epsilon_rel,
             certified=certified,
             max_mse_samples=args.max_mse_samples,
+            pilot=run_pilot(task, args.pilot_tuples),
         )
         args.pilot_retrainings = pilot.retrainings
         return plan
@@ -158,8 +181,12 @@ def make_plan(args: argparse.Namespace, task: Task) -> Any:
     )
 
 
-def _plan_lines(plan: Any, task: Task, certified: bool = False) -> list[str]:
-    unit = "gradient passes (certified checks)" if certified else "retrainings"
+def _plan_lines(plan: Any, task: Task, checks: str = "retrain") -> list[str]:
+    unit = {
+        "retrain": "retrainings",
+        "certified": "gradient passes (certified checks)",
+        "certified-spot": "gradient passes (certified spot checks)",
+    }[checks]
     b = plan.budget
     eps = plan.epsilon if isinstance(plan.epsilon, float) else min(plan.epsilon)
     head = [
@@ -197,8 +224,8 @@ def _plan_lines(plan: Any, task: Task, certified: bool = False) -> list[str]:
 
 
 def _print_result(result: Any, plan: Plan, task: Task) -> None:
-    certified = (result.details.get("spot_check") or {}).get("mode") == "certified"
-    for line in _plan_lines(plan, task, certified):
+    checks = (result.details.get("spot_check") or {}).get("mode")
+    for line in _plan_lines(plan, task, checks if checks in CHECK_MODES else "retrain"):
         print(line)
     print(f"verdict: {result.verdict.upper()}")
     print(f"reason:  {result.reason}")
@@ -221,9 +248,11 @@ def _print_result(result: Any, plan: Plan, task: Task) -> None:
         if cert is not None:
             print(f"  certified ε (with the claimed datamodel's range): {max(cert):.4g}")
     spot = result.details.get("spot_check")
-    if spot and spot.get("mode") == "certified":
+    if spot and spot.get("mode") in ("certified", "certified-spot"):
+        which = "spot-checked" if spot.get("mode") == "certified-spot" else "all"
         print(
-            f"  certified checks: all {spot['certified_models']} challenges from their weights; "
+            f"  certified checks: {which} {spot['certified_models']} challenges from their "
+            "weights; "
             f"largest gradient norm {spot['max_grad_norm']:.3g}, so |f − f*| ≤ "
             f"{spot['max_f_error_bound']:.3g} (τ = {spot['tolerance']:g})"
         )
@@ -255,7 +284,7 @@ def _verify(args: argparse.Namespace) -> int:
 
     task = load_task(args.task)
     plan = make_plan(args, task)
-    if plan.verifier_retrainings > MAX_LOCAL_RETRAININGS or plan.num_members > 4 * 5_000_000:
+    if plan.verifier_retrainings > MAX_LOCAL_RETRAININGS or plan.num_members > MAX_MEMBERS:
         raise ValueError(
             f"{plan.mode} mode needs {plan.verifier_retrainings} verifier retrainings and "
             f"|E| = {plan.num_members}; that is not runnable here — use --mode manual "
@@ -353,23 +382,24 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def _verifier_cost(plan: Any, task: Task, certified: bool, pilot: int) -> float:
-    """Verifier cost in retraining-equivalents (certified checks cost one gradient pass each)."""
-    if not certified:
+def _verifier_cost(plan: Any, task: Task, checks: str, pilot: int) -> float:
+    """Verifier cost in retraining-equivalents (certified checks cost one gradient pass each:
+    every member of E for ``certified``, the plan's sampled k for ``certified-spot``)."""
+    if checks == "retrain":
         return float(plan.verifier_retrainings + pilot)
     from verifier.certified import certified_cost
 
-    checks = (
-        plan.num_members
+    checked = (
+        (plan.num_members if checks == "certified" else plan.spot_checks)
         + plan.mse_samples
         + getattr(plan, "variance_samples", 0) * (getattr(plan, "epsilon_rel", None) is not None)
     )
-    return certified_cost(task, int(checks))["retraining_equivalents"] + pilot
+    return certified_cost(task, int(checked))["retraining_equivalents"] + pilot
 
 
 def _plan(args: argparse.Namespace) -> int:
     task = load_task(args.task)
-    certified = resolve_checks(args, task) == "certified"
+    checks = resolve_checks(args, task)
     plans: dict[str, Any] = {}
     costs: dict[str, float] = {}
     epsilon_rel = args.epsilon_rel
@@ -383,12 +413,12 @@ def _plan(args: argparse.Namespace) -> int:
                 args.epsilon, args.epsilon_rel = min(practical.epsilon), None
         try:
             plans[mode] = make_plan(args, task)
-            costs[mode] = _verifier_cost(plans[mode], task, certified, args.pilot_retrainings)
+            costs[mode] = _verifier_cost(plans[mode], task, checks, args.pilot_retrainings)
         except ValueError as exc:
             plans[mode] = exc
     ok = {m: p for m, p in plans.items() if not isinstance(p, Exception)}
     summary: dict[str, Any] = {
-        "checks": "certified" if certified else "retrain",
+        "checks": checks,
         "theory_verifier_retrainings": costs.get("theory"),
         "practical_verifier_retrainings": costs.get("practical"),
         "manual_verifier_retrainings": costs.get("manual"),
@@ -410,9 +440,9 @@ def _plan(args: argparse.Namespace) -> int:
         return 0
     for mode, p in plans.items():
         if mode in ok:
-            for line in _plan_lines(p, task, certified):
+            for line in _plan_lines(p, task, checks):
                 print(line)
-            unit = "retraining-equivalents" if certified else "retrainings"
+            unit = "retraining-equivalents" if checks != "retrain" else "retrainings"
             print(
                 f"  verifier cost {costs[mode]:.4g} {unit}; leverage prover ÷ verifier = "
                 f"{p.prover_retrainings / costs[mode]:.3g}"

@@ -7,6 +7,7 @@ simulated is exactly what runs over the wire. It never accepts on an error.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -16,6 +17,8 @@ from typing import Protocol
 import numpy as np
 
 from proto.attribution.v1 import attribution_pb2 as pb
+from protocol.decision import datamodel_range
+from protocol.practical import mse_samples_for_range
 from protocol.tasks.base import Progress
 from verifier.certified import certified_cost
 from verifier.practical_flow import run_sequential_mse
@@ -108,15 +111,25 @@ def _practical(
         session.spot_check(local)  # a failed spot check rejects before any MSE work
 
     def fetch(first: int, count: int) -> np.ndarray:
-        if session.checks == "certified":
+        if session.supplies_models:
             models = list(transport.supply_models(session.models_request(first, count)))
             session.ingest_models(first, models)
             return session.mse_f_parts[-1]
         return session.retrain_mse(first, count)
 
     enter("sequential MSE")
+    plan = session.plan
+    ranges = datamodel_range(session.intercepts, session.coefficients)
+    cap = mse_samples_for_range(plan, ranges)  # type: ignore[arg-type]
+    note = f"MSE cap {cap} as planned"
+    if cap != plan.mse_samples:
+        note = (
+            f"MSE cap raised from the planned {plan.mse_samples} to {cap} for the claimed "
+            f"datamodel's range G = {float(ranges.max()):.3g} (planned at G = b)"
+        )
+        plan = dataclasses.replace(plan, mse_samples=cap)  # type: ignore[type-var]
     outcome = run_sequential_mse(
-        session.plan,  # type: ignore[arg-type]
+        plan,  # type: ignore[arg-type]
         session.task,
         session.f_values,
         session.intercepts,
@@ -126,7 +139,10 @@ def _practical(
         progress,
     )
     enter("decide")
-    return session.decide_practical(outcome, local)
+    result = session.decide_practical(outcome, local)
+    result.details["mse_cap"] = cap
+    result.details["mse_cap_note"] = note
+    return result
 
 
 def _tell_prover(session: VerifierSession, transport: ProverTransport, verdict: str) -> None:
@@ -191,7 +207,7 @@ def run_protocol(
         if session.practical:
             result = _practical(session, transport, local_future, progress, enter)
         else:
-            if session.checks == "certified":
+            if session.supplies_models:
                 enter("supply models")
                 local = _certified_mse(session, transport, progress)
             else:
@@ -201,8 +217,9 @@ def run_protocol(
             session.timings["local_retraining_s"] = local.seconds
             enter("decide")
             result = session.decide(local)
-        if session.checks == "certified":
-            cost = certified_cost(session.task, session.spec.num_members + session.models_received)
+        if session.supplies_models:
+            checked = len(session.spot_indices) + session.models_received
+            cost = certified_cost(session.task, checked)
             result.verifier_retrainings = cost["retraining_equivalents"]
             result.prover_retrainings += session.models_received
             result.details["verifier_cost"] = cost

@@ -135,11 +135,12 @@ def plot_spot_checks(spot: dict[str, Any], path: Path) -> Path:
     plt = _plt()
     tau = float(spot.get("tolerance", 0.0))
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    if spot.get("mode") == "certified":
+    if spot.get("mode") in ("certified", "certified-spot"):
         vals = np.array([float(spot.get("max_f_error_bound", 0.0))])
         ax.bar([0], vals, color="C0")
         ax.set_xticks([0], ["certified |f − f*| bound"])
-        title = f"certified checks ({spot.get('certified_models', '?')} challenges)"
+        which = "sampled " if spot.get("mode") == "certified-spot" else ""
+        title = f"certified checks ({spot.get('certified_models', '?')} {which}challenges)"
     elif "abs_diffs" in spot:
         vals = np.asarray(spot["abs_diffs"], dtype=float)
         ax.plot(np.arange(vals.size), vals, "o", ms=3, color="C0", label="|diff| per check")
@@ -285,9 +286,10 @@ def write_report(
     spot = result.get("spot_check")
     if spot:
         plot_spot_checks(spot, out / "spot_checks.png")
-        if spot.get("mode") == "certified":
+        if spot.get("mode") in ("certified", "certified-spot"):
+            which = "spot-checked" if spot.get("mode") == "certified-spot" else "all"
             text = (
-                f"all {spot.get('certified_models')} challenges certified from their weights; "
+                f"{which} {spot.get('certified_models')} challenges certified from their weights; "
                 f"|f − f*| ≤ {_fmt(spot.get('max_f_error_bound'))} (τ = {_fmt(spot['tolerance'])})"
             )
         else:

@@ -23,7 +23,12 @@ from protocol.decision import datamodel_predictions, datamodel_range, decide, ms
 from protocol.residual import estimate_residual
 from protocol.tasks.base import Progress, Task, TaskIdentity
 from protocol.transcript import Transcript
-from verifier.certified import CertificationFailure, CertifiedOpenings, certify_supplied
+from verifier.certified import (
+    CertificationFailure,
+    CertifiedOpenings,
+    certify_members,
+    certify_supplied,
+)
 
 #: Largest |c| or |a_i| accepted: anything bigger would overflow float64 predictions.
 MAX_ATTRIBUTION_MAGNITUDE = 1e100
@@ -86,15 +91,21 @@ class VerificationResult:
         }
 
 
+#: How challenges are checked: ``retrain`` (sampled spot checks, retrained locally),
+#: ``certified`` (every challenge certified from its weights) and ``certified-spot`` (sampled spot
+#: checks, each certified from its weights with one gradient pass).
+CHECK_MODES = ("retrain", "certified", "certified-spot")
+
+
 class VerifierSession:
     """One run against one prover. Secret state (C, M) is drawn from a CSPRNG at construction."""
 
     def __init__(
         self, task: Task, plan: Plan, selector: str | None = None, checks: str = "retrain"
     ) -> None:
-        if checks not in ("retrain", "certified"):
-            raise ValueError(f"checks must be 'retrain' or 'certified', got {checks!r}")
-        if checks == "certified" and not supports_certified_checks(task):
+        if checks not in CHECK_MODES:
+            raise ValueError(f"checks must be one of {', '.join(CHECK_MODES)}, got {checks!r}")
+        if checks != "retrain" and not supports_certified_checks(task):
             raise ValueError(
                 f"task {task.name!r} does not support certified checks (it is not strongly "
                 "convex); use --checks retrain"
@@ -116,7 +127,11 @@ class VerifierSession:
         self.practical = plan.mode == "practical"
         sample_size = plan.mse_samples
         if self.practical:
-            sample_size = max(plan.mse_samples, getattr(plan, "variance_samples", 0))
+            sample_size = max(
+                plan.mse_samples,
+                getattr(plan, "variance_samples", 0),
+                getattr(plan, "max_mse_samples", 0),
+            )
         self.mse_sample = PrivateSample.fresh(sample_size, self.N, task.p)
         self.local_retrainings = 0
         self.transcript = Transcript()
@@ -130,6 +145,9 @@ class VerifierSession:
         self.root: bytes | None = None
         self.prover_retrainings = 0
         self.openings: dict[int, pb.Opening] = {}
+        #: certified-spot: opened weights, row r for spot_indices[r], and which rows arrived
+        self._spot_weights: np.ndarray | None = None
+        self._spot_opened = np.zeros(len(self.spot_indices), dtype=bool)
         self.timings: dict[str, float] = {}
         self._certified: CertifiedOpenings | None = None
         self.certified_summary: dict[str, float] | None = None
@@ -142,6 +160,11 @@ class VerifierSession:
     ) -> Future[LocalWork]:
         """Start retraining C and M in the background (they are known from the start)."""
         return executor.submit(self._local_work, progress)
+
+    @property
+    def supplies_models(self) -> bool:
+        """True when the prover trains M and the verifier certifies it (certified check modes)."""
+        return self.checks != "retrain"
 
     def _local_work(self, progress: Progress | None) -> LocalWork:
         started = time.monotonic()
@@ -296,7 +319,15 @@ class VerifierSession:
         self.require_commitment()
         if self.checks == "certified":
             raise VerificationError("certified checks open every challenge: use open_all_request")
-        msg = pb.OpenRequest(session_id=self.session_id, indices=self.spot_indices.tolist())
+        with_weights = self.checks == "certified-spot"
+        if with_weights:
+            dim = self.task.design.dim  # type: ignore[attr-defined]
+            self._spot_weights = np.empty((len(self.spot_indices), dim))
+        msg = pb.OpenRequest(
+            session_id=self.session_id,
+            indices=self.spot_indices.tolist(),
+            with_weights=with_weights,
+        )
         self.transcript.append_message("v2p", msg)
         return msg
 
@@ -325,10 +356,13 @@ class VerifierSession:
         """Check one opening against the root; raises ``Rejection`` on a bad opening."""
         self.transcript.append_message("p2v", opening)
         index = int(opening.index)
-        if index in self.openings:
-            raise Rejection(f"prover opened challenge {index} twice")
         if index >= self.spec.num_members:
             raise Rejection(f"prover opened challenge {index}, which is not in E")
+        row = int(np.searchsorted(self.spot_indices, index))
+        if row >= len(self.spot_indices) or int(self.spot_indices[row]) != index:
+            raise Rejection(f"prover opened challenge {index}, which was not asked for")
+        if index in self.openings or self._spot_opened[row]:
+            raise Rejection(f"prover opened challenge {index} twice")
         expected_seed = int(self.spec.member_seeds([index])[0])
         if opening.seed != expected_seed:
             raise Rejection(
@@ -353,6 +387,19 @@ class VerifierSession:
             raise Rejection(
                 f"opening of challenge {index} does not match the committed Merkle root"
             )
+        if self._spot_weights is not None:  # certified-spot: the weights must open the digest
+            from protocol.certify import check_weights_opening
+
+            try:
+                self._spot_weights[row] = check_weights_opening(
+                    bytes(opening.weights),
+                    bytes(opening.weights_digest),
+                    self._spot_weights.shape[1],
+                )
+            except ValueError as exc:
+                raise Rejection(f"opening of challenge {index}: {exc}") from exc
+            self._spot_opened[row] = True  # the message itself is not kept (k can be 10⁵–10⁶)
+            return
         self.openings[index] = opening
 
     def require_all_openings(self) -> None:
@@ -363,6 +410,27 @@ class VerifierSession:
                     self.certified_summary = self._certified.verify()
                 except CertificationFailure as exc:
                     raise Rejection(str(exc)) from exc
+            return
+        if self._spot_weights is not None:
+            missing_rows = np.flatnonzero(~self._spot_opened)
+            if len(missing_rows):
+                raise Rejection(
+                    f"prover did not open {len(missing_rows)} of {len(self.spot_indices)} "
+                    "spot-checked challenges (first missing: "
+                    f"{int(self.spot_indices[missing_rows[0]])})"
+                )
+            if self.certified_summary is None:
+                try:
+                    summary = certify_members(
+                        self.task,
+                        self.spec,
+                        self.spot_indices,
+                        self._spot_weights,
+                        self.f_values[self.spot_indices],
+                    )
+                except CertificationFailure as exc:
+                    raise Rejection(str(exc)) from exc
+                self.certified_summary = {**summary, "sampled": True}
             return
         missing = sorted(set(self.spot_indices.tolist()) - set(self.openings))
         if missing:
@@ -404,7 +472,7 @@ class VerifierSession:
     # ---- step 3b (certified): the prover trains the revealed MSE sample ------------------------
     def models_request(self, first: int, count: int) -> pb.ModelsRequest:
         """Reveal M's key and ask for models [first, first + count) — only after the openings."""
-        if self.checks != "certified" or self.certified_summary is None:
+        if not self.supplies_models or self.certified_summary is None:
             raise VerificationError("the MSE sample may be revealed only after certified openings")
         msg = pb.ModelsRequest(
             session_id=self.session_id, sample_key=self.mse_sample.key, first=first, count=count
@@ -462,8 +530,8 @@ class VerifierSession:
     def decide_practical(self, outcome: Any, local: LocalWork | None) -> VerificationResult:
         """The practical-mode result: spot checks (if any) passed; the sequential decision."""
         self.require_all_openings()
-        if self.checks == "certified":
-            spot: dict[str, Any] = {"mode": "certified", **(self.certified_summary or {})}
+        if self.supplies_models:
+            spot: dict[str, Any] = {"mode": self.checks, **(self.certified_summary or {})}
         else:
             assert local is not None
             spot = self.spot_check(local)
@@ -496,8 +564,8 @@ class VerifierSession:
     def decide(self, local: LocalWork) -> VerificationResult:
         """Spot checks, residual estimate, MSE on the private sample, and the decision rule."""
         self.require_all_openings()
-        if self.checks == "certified":
-            spot: dict[str, Any] = {"mode": "certified", **(self.certified_summary or {})}
+        if self.supplies_models:
+            spot: dict[str, Any] = {"mode": self.checks, **(self.certified_summary or {})}
         else:
             spot = self.spot_check(local)
         residual = estimate_residual(self.f_values, self.spec.rho)

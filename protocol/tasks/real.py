@@ -137,10 +137,14 @@ _COMMON = {
 _LOGREG = {
     **_COMMON,
     "l2": f"L2 strength λ > 0 (mean-normalised loss), default {DEFAULT_L2:g}",
-    "tol": f"Newton stop ‖∇L_S‖₂ ≤ tol, default min({DEFAULT_TOL:g}, τλ/(4·max‖x̃_t‖))",
+    "tol": f"Newton stop ‖∇L_S‖₂ ≤ tol, default min({DEFAULT_TOL:g}, τλ/(4·max_t Lip_t))",
     "tau": f"CHECKEQUIV tolerance τ on f, default {DEFAULT_TAU:g}",
     "max_iter": f"Newton iteration cap, default {DEFAULT_MAX_ITER}",
     "center": "public margin offset: auto (mean over 64 public reference subsets) or none",
+    "scale": (
+        "per-target margin scale σ_t, f = b·tanh(u/b) with u = (margin − center)/σ_t: auto "
+        "(the margin's std over the same 64 reference subsets) or none (σ_t = 1, the default)"
+    ),
 }
 
 
@@ -247,6 +251,7 @@ class LogisticRegressionTask(_RealTask):
         tau: float = DEFAULT_TAU,
         max_iter: int = DEFAULT_MAX_ITER,
         center: str = "auto",
+        scale: str = "none",
         dataset_spec: dict[str, Any],
     ) -> None:
         super().__init__(selector, name, split, p=p, bound=bound, dataset_spec=dataset_spec)
@@ -255,42 +260,72 @@ class LogisticRegressionTask(_RealTask):
         self.design = trainer.LogisticDesign(split.X_train, split.y_train)
         xt = np.hstack([split.X_targets, np.ones((split.X_targets.shape[0], 1))])
         self._targets_tilde = xt
-        self._target_norm = float(np.max(np.linalg.norm(xt, axis=1)))
-        if tol is None:
-            tol = min(DEFAULT_TOL, tau * self.l2 / (4.0 * self._target_norm))
-        self.tol = float(tol)
+        self._target_norms = np.linalg.norm(xt, axis=1)
+        self._target_norm = float(np.max(self._target_norms))
+        if center not in ("auto", "none"):
+            raise ValueError(f"task {name!r}: center must be auto or none, got {center!r}")
+        if scale not in ("auto", "none"):
+            raise ValueError(f"task {name!r}: scale must be auto or none, got {scale!r}")
         self._tau = float(tau)
+        self.center_rule = center
+        self.scale_rule = scale
+        self.center = np.zeros(self.num_targets)
+        #: per-target margin scale σ_t in f_t = b·tanh((m_t − o_t)/(σ_t·b)); 1 without scaling
+        self.scale = np.ones(self.num_targets)
+        self._tol_given = tol is not None
+        self.tol = float(tol) if tol is not None else self._default_tol()
+        if center == "auto" or scale == "auto":
+            margins = self._reference_margins()
+            if center == "auto":
+                self.center = np.round(margins.mean(axis=0), 3)
+            if scale == "auto":
+                self.scale = _round_significant(margins.std(axis=0), 3)
+                if np.any(self.scale <= 0):
+                    raise ValueError(
+                        f"task {name!r}: a target's margin does not vary over the reference "
+                        "subsets, so scale=auto is undefined; use scale=none"
+                    )
+                if not self._tol_given:
+                    self.tol = self._default_tol()
         if self.certified_disagreement > self._tau:
             raise ValueError(
                 f"task {name!r}: tol={self.tol:g} only certifies f within "
                 f"{self.certified_disagreement:.3g} > tau={self._tau:g}; lower tol or raise tau"
             )
-        if center not in ("auto", "none"):
-            raise ValueError(f"task {name!r}: center must be auto or none, got {center!r}")
-        self.center_rule = center
-        self.center = np.zeros(self.num_targets)
-        if center == "auto":
-            self.center = self._reference_center()
 
-    def _reference_center(self) -> np.ndarray:
-        """Mean target margin over public reference subsets, rounded to 3 decimals.
+    def _default_tol(self) -> float:
+        """min(DEFAULT_TOL, τλ/(4·max_t Lip_t)): two retrainings then agree within τ/2."""
+        return min(DEFAULT_TOL, self._tau * self.l2 / (4.0 * float(np.max(self.output_lipschitz))))
+
+    def _reference_margins(self) -> np.ndarray:
+        """Target margins (64, Z) of the public reference subsets.
 
         A pure function of the task (data, recipe, p): the subsets come from the public PRG under
-        a fixed label. Rounding makes the offset identical on every machine (the unrounded means
-        agree to ~1e-15), so it can be recorded in the spec and covered by the task hash.
+        a fixed label, so neither party can steer them. The offset (mean, rounded to 3 decimals)
+        and the scale (standard deviation, rounded to 3 significant digits) derived from them are
+        identical on every machine (the unrounded values agree to ~1e-15), so both can be
+        recorded in the spec and covered by the task hash.
         """
         from protocol.prg import bernoulli_masks, stream_key
 
         key = stream_key("logreg-center-reference", self.name.encode())
         masks = bernoulli_masks(key, range(CENTER_REFERENCE_SUBSETS), self.num_train_points, self.p)
         weights, _ = self.train(masks)
-        margins = (weights @ self._targets_tilde.T) * self.split.y_targets
-        return np.round(margins.mean(axis=0), 3)
+        return (weights @ self._targets_tilde.T) * self.split.y_targets
+
+    @property
+    def output_lipschitz(self) -> np.ndarray:
+        """Lip_t (Z,): |f_t(w) − f_t(w')| ≤ Lip_t·‖w − w'‖₂, with Lip_t = ‖x̃_t‖₂/σ_t.
+
+        f_t = b·tanh(u_t/b) with u_t = (y_t·wᵀx̃_t − o_t)/σ_t has slope at most 1 in u_t, and u_t
+        is (‖x̃_t‖/σ_t)-Lipschitz in w (|y_t| = 1). Without scaling σ_t = 1.
+        """
+        return self._target_norms / self.scale
 
     @property
     def certified_disagreement(self) -> float:
         """Largest |f₁ − f₂| between two retrainings that both reach ‖∇L_S‖ ≤ tol."""
-        return 2.0 * self.tol * self._target_norm / self.l2
+        return 2.0 * self.tol * float(np.max(self.output_lipschitz)) / self.l2
 
     @property
     def tolerance(self) -> float:
@@ -328,6 +363,15 @@ class LogisticRegressionTask(_RealTask):
                 "b": self.output_bound,
                 "center_rule": self.center_rule,
                 "center": [float(c) for c in self.center],
+                **(
+                    {
+                        "f": "b*tanh((y_t*(w.x_t + bias) - center_t)/(scale_t*b))",
+                        "scale_rule": "auto: std of the reference margins, 3 significant digits",
+                        "scale": [float(c) for c in self.scale],
+                    }
+                    if self.scale_rule == "auto"
+                    else {}
+                ),
             },
             "tolerance": self.tolerance,
             "bitwise_deterministic": False,
@@ -349,9 +393,11 @@ class LogisticRegressionTask(_RealTask):
         )
 
     def outputs(self, weights: np.ndarray) -> np.ndarray:
-        """f-values (K, Z) of trained weights (K, d+1)."""
+        """f-values (K, Z) of trained weights (K, d+1): b·tanh((m_t − o_t)/(σ_t·b)), |f| ≤ b."""
         margins = (np.atleast_2d(weights) @ self._targets_tilde.T) * self.split.y_targets
-        return trainer.squash(margins - self.center, self.output_bound)
+        if self.scale_rule == "none":  # σ_t = 1: the original definition, bit for bit
+            return trainer.squash(margins - self.center, self.output_bound)
+        return trainer.squash((margins - self.center) / self.scale, self.output_bound)
 
     def gradient_norm(self, weights: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """‖∇L_S(w)‖₂ for weights (d+1,) or (K, d+1) and mask (N,) or (K, N); shape (K,)."""
@@ -444,6 +490,15 @@ class MLPTask(_RealTask):
 # --------------------------------------------------------------------------------------------
 
 
+def _round_significant(values: np.ndarray, digits: int) -> np.ndarray:
+    """Round each value to ``digits`` significant digits (0 stays 0)."""
+    out = np.zeros_like(values, dtype=np.float64)
+    for i, v in enumerate(np.asarray(values, dtype=np.float64)):
+        if v != 0.0 and np.isfinite(v):
+            out[i] = round(float(v), digits - 1 - math.floor(math.log10(abs(v))))
+    return out
+
+
 def _logreg_kwargs(tp: TaskParams) -> dict[str, Any]:
     tau = tp.float("tau", DEFAULT_TAU, lo=0.0)
     return {
@@ -454,6 +509,7 @@ def _logreg_kwargs(tp: TaskParams) -> dict[str, Any]:
         "tau": tau,
         "max_iter": tp.int("max_iter", DEFAULT_MAX_ITER, lo=1),
         "center": tp.str("center", "auto"),
+        "scale": tp.str("scale", "none"),
     }
 
 

@@ -95,12 +95,14 @@ class CommitChunk(_message.Message):
     def __init__(self, attribution: _Optional[_Union[AttributionPart, _Mapping]] = ..., f_values: _Optional[_Union[FValuesPart, _Mapping]] = ..., root: _Optional[_Union[CommitmentRoot, _Mapping]] = ...) -> None: ...
 
 class OpenRequest(_message.Message):
-    __slots__ = ("session_id", "indices")
+    __slots__ = ("session_id", "indices", "with_weights")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     INDICES_FIELD_NUMBER: _ClassVar[int]
+    WITH_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     indices: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, session_id: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ...) -> None: ...
+    with_weights: bool
+    def __init__(self, session_id: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ..., with_weights: _Optional[bool] = ...) -> None: ...
 
 class OpenAllRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -125,18 +127,20 @@ class OpeningBatch(_message.Message):
     def __init__(self, first_index: _Optional[int] = ..., count: _Optional[int] = ..., f_values: _Optional[_Iterable[float]] = ..., seeds: _Optional[_Iterable[int]] = ..., weights_digests: _Optional[bytes] = ..., weights: _Optional[bytes] = ...) -> None: ...
 
 class Opening(_message.Message):
-    __slots__ = ("index", "seed", "f_values", "weights_digest", "proof")
+    __slots__ = ("index", "seed", "f_values", "weights_digest", "proof", "weights")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     F_VALUES_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PROOF_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     index: int
     seed: int
     f_values: _containers.RepeatedScalarFieldContainer[float]
     weights_digest: bytes
     proof: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, index: _Optional[int] = ..., seed: _Optional[int] = ..., f_values: _Optional[_Iterable[float]] = ..., weights_digest: _Optional[bytes] = ..., proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    weights: bytes
+    def __init__(self, index: _Optional[int] = ..., seed: _Optional[int] = ..., f_values: _Optional[_Iterable[float]] = ..., weights_digest: _Optional[bytes] = ..., proof: _Optional[_Iterable[bytes]] = ..., weights: _Optional[bytes] = ...) -> None: ...
 
 class ModelsRequest(_message.Message):
     __slots__ = ("session_id", "sample_key", "first", "count")
