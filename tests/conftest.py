@@ -94,3 +94,21 @@ def prover_factory(tmp_path: Path) -> Iterator:
         if p.proc.poll() is None:
             p.proc.kill()
             p.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def digits_z2_attribution():
+    """OLS datamodel of ``digits-logreg:z=2`` on 3,000 fixed-seed retrainings (shared by the
+    certified-check tests)."""
+    import numpy as np
+
+    from protocol.tasks import load_task
+    from prover.datamodel import fit_datamodel
+    from prover.strategy import Attribution
+
+    task = load_task("digits-logreg:z=2")
+    rng = np.random.default_rng(0)
+    masks = rng.random((3000, task.num_train_points)) < task.p
+    f = task.retrain(masks, np.zeros(3000, dtype=np.uint64)).f
+    model = fit_datamodel(masks, f, method="ols")
+    return Attribution(model.intercepts, model.coefficients, "ols", 3000)

@@ -8,7 +8,6 @@ import pytest
 from proto.attribution.v1 import attribution_pb2 as pb
 from protocol.accounting import plan_manual
 from protocol.tasks import load_task
-from prover.datamodel import fit_datamodel
 from prover.session import ProtocolFault, ProverSession
 from prover.strategy import Attribution, HonestStrategy
 from simulations.cheats import ScaleCheat
@@ -19,12 +18,8 @@ PAIRS = 300  # |E| = 1,200 certified members; |M| = 400 supplied models
 
 
 @pytest.fixture(scope="module")
-def attribution() -> Attribution:
-    rng = np.random.default_rng(0)
-    masks = rng.random((3000, TASK.num_train_points)) < TASK.p
-    f = TASK.retrain(masks, np.zeros(3000, dtype=np.uint64)).f
-    model = fit_datamodel(masks, f, method="ols")
-    return Attribution(model.intercepts, model.coefficients, "ols", 3000)
+def attribution(digits_z2_attribution) -> Attribution:
+    return digits_z2_attribution
 
 
 def _plan():

@@ -24,12 +24,8 @@ SPOT = 64
 
 
 @pytest.fixture(scope="module")
-def attribution() -> Attribution:
-    rng = np.random.default_rng(0)
-    masks = rng.random((3000, TASK.num_train_points)) < TASK.p
-    f = TASK.retrain(masks, np.zeros(3000, dtype=np.uint64)).f
-    model = fit_datamodel(masks, f, method="ols")
-    return Attribution(model.intercepts, model.coefficients, "ols", 3000)
+def attribution(digits_z2_attribution) -> Attribution:
+    return digits_z2_attribution
 
 
 def _plan(spot: int = SPOT):
