@@ -127,7 +127,19 @@ def test_real_task_honest_accepted_and_scaled_rejected(prover_factory) -> None:
     rc, out = run_verifier(honest.address, "--task", REAL_TASK, *REAL_SIZES, "--checks", "retrain")
     assert (rc, out["verdict"]) == (0, "accept"), out["reason"]
     assert out["spot_check"]["max_abs_diff"] <= 1e-6
+    # Certified spot checks: only the 32 secret spot checks opened with weights and certified.
+    rc, out = run_verifier(
+        honest.address, "--task", REAL_TASK, *REAL_SIZES, "--checks", "certified-spot"
+    )
+    assert (rc, out["verdict"]) == (0, "accept"), out["reason"]
+    assert out["spot_check"]["mode"] == "certified-spot"
+    assert out["spot_check"]["certified_models"] == 32
+    assert out["verifier_cost"]["gradient_passes"] == 32 + 1000
     cheat = prover_factory("--task", REAL_TASK, "--cheat", "scale:0.2")
     rc, out = run_verifier(cheat.address, "--task", REAL_TASK, *REAL_SIZES)
     assert (rc, out["verdict"]) == (1, "reject"), out["reason"]
     assert "msê" in out["reason"]
+    rc, out = run_verifier(
+        cheat.address, "--task", REAL_TASK, *REAL_SIZES, "--checks", "certified-spot"
+    )
+    assert (rc, out["verdict"]) == (1, "reject"), out["reason"]
