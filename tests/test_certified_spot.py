@@ -209,3 +209,21 @@ def test_mse_cap_grows_with_the_claimed_range_up_to_the_users_cap() -> None:
     widest = mse_samples_for_range(plan, [1e6])
     assert at_b == plan.mse_samples  # planned at G = b: nothing to raise
     assert plan.mse_samples < wider < widest == plan.max_mse_samples
+
+
+def test_auto_checks_choose_the_cheaper_certified_plan(capsys) -> None:
+    import json
+
+    from verifier.cli import main
+
+    args = ["plan", "--task", "digits-logreg:z=1,scale=auto,b=1.5", "--mode", "practical",
+            "--epsilon", "0.3", "--pilot-tuples", "128", "--json"]  # fmt: skip
+    assert main(args) == 0
+    auto = json.loads(capsys.readouterr().out)
+    assert main([*args, "--checks", "certified"]) == 0
+    every = json.loads(capsys.readouterr().out)
+    # sampling the checks needs far fewer gradient passes here, so auto picks it
+    assert auto["checks"] == "certified-spot"
+    assert every["checks"] == "certified"
+    assert auto["practical"]["spot_checks"] < auto["practical"]["num_members"]
+    assert auto["practical_verifier_retrainings"] < every["practical_verifier_retrainings"]

@@ -75,7 +75,8 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
         help="how challenges are checked: certified (every challenge from its weights with one "
         "gradient pass; strongly convex tasks only), certified-spot (sampled spot checks, each "
         "certified from its weights; the cheapest on large plans), retrain (spot checks by "
-        "retraining), or auto (certified when the task supports it)",
+        "retraining), or auto (certified when the task supports it; in practical mode whichever "
+        "of certified and certified-spot checks fewer models)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -140,7 +141,8 @@ def make_plan(args: argparse.Namespace, task: Task) -> Any:
         raise ValueError(f"--delta must be in (0, 1), got {args.delta}")
     if args.epsilon is not None and args.epsilon_rel is not None:
         raise ValueError("give --epsilon or --epsilon-rel, not both")
-    certified = resolve_checks(args, task) == "certified"  # every member checked
+    args.resolved_checks = resolve_checks(args, task)
+    certified = args.resolved_checks == "certified"  # every member checked
     if args.mode == "practical":
         from verifier.practical_flow import make_practical_plan, run_pilot
 
@@ -148,17 +150,25 @@ def make_plan(args: argparse.Namespace, task: Task) -> Any:
             raise ValueError("--max-mse-samples must be at least 2")
         if args.pilot_tuples < 2:
             raise ValueError("--pilot-tuples must be at least 2")
-        plan, pilot = make_practical_plan(
-            task,
-            args.delta,
-            epsilon=None if args.epsilon_rel is not None else (args.epsilon or 0.2),
-            epsilon_rel=args.epsilon_rel,
-            certified=certified,
-            max_mse_samples=args.max_mse_samples,
-            pilot=run_pilot(task, args.pilot_tuples),
-        )
+        pilot = run_pilot(task, args.pilot_tuples)
+
+        def sized(all_checked: bool) -> Any:
+            return make_practical_plan(
+                task,
+                args.delta,
+                epsilon=None if args.epsilon_rel is not None else (args.epsilon or 0.2),
+                epsilon_rel=args.epsilon_rel,
+                certified=all_checked,
+                max_mse_samples=args.max_mse_samples,
+                pilot=pilot,
+            )[0]
+
         args.pilot_retrainings = pilot.retrainings
-        return plan
+        if args.checks == "auto" and certified:
+            # auto on a convex task: certify every member or a sample, whichever checks fewer
+            # models (the same pilot sizes both; sampled checks pay for m* with a larger n)
+            return _cheaper_certified_plan(args, sized)
+        return sized(certified)
     if args.epsilon_rel is not None:
         raise ValueError("--epsilon-rel needs --mode practical (Var f is estimated there)")
     if args.pairs < 1 or args.spot_checks < 1 or args.mse_samples < 1:
@@ -179,6 +189,23 @@ def make_plan(args: argparse.Namespace, task: Task) -> Any:
         mse_samples=args.mse_samples,
         rho=args.rho,
     )
+
+
+def _cheaper_certified_plan(args: argparse.Namespace, sized: Any) -> Any:
+    """The practical plan with fewer verifier gradient passes: all members certified, or a sampled
+    spot-check set certified; sets ``args.resolved_checks``. Raises the first plan's error when
+    neither can be sized."""
+    options = []
+    errors = []
+    for checks, all_checked in (("certified", True), ("certified-spot", False)):
+        try:
+            options.append((sized(all_checked), checks))
+        except ValueError as exc:
+            errors.append(exc)
+    if not options:
+        raise errors[0]
+    plan, args.resolved_checks = min(options, key=lambda o: o[0].verifier_retrainings)
+    return plan
 
 
 def _plan_lines(plan: Any, task: Task, checks: str = "retrain") -> list[str]:
@@ -291,7 +318,7 @@ def _verify(args: argparse.Namespace) -> int:
             "(see `verifier plan`)"
         )
     signing_key = _signing_key(args)  # fail on a bad key before any work
-    session = VerifierSession(task, plan, selector=args.task, checks=resolve_checks(args, task))
+    session = VerifierSession(task, plan, selector=args.task, checks=args.resolved_checks)
     progress_ctx = None
     advance = None
     if not args.no_progress and not args.json:
@@ -402,6 +429,7 @@ def _plan(args: argparse.Namespace) -> int:
     checks = resolve_checks(args, task)
     plans: dict[str, Any] = {}
     costs: dict[str, float] = {}
+    mode_checks: dict[str, str] = {}
     epsilon_rel = args.epsilon_rel
     for mode in ("practical", "theory", "manual"):
         args.mode = mode
@@ -413,12 +441,15 @@ def _plan(args: argparse.Namespace) -> int:
                 args.epsilon, args.epsilon_rel = min(practical.epsilon), None
         try:
             plans[mode] = make_plan(args, task)
-            costs[mode] = _verifier_cost(plans[mode], task, checks, args.pilot_retrainings)
+            mode_checks[mode] = args.resolved_checks
+            costs[mode] = _verifier_cost(
+                plans[mode], task, args.resolved_checks, args.pilot_retrainings
+            )
         except ValueError as exc:
             plans[mode] = exc
     ok = {m: p for m, p in plans.items() if not isinstance(p, Exception)}
     summary: dict[str, Any] = {
-        "checks": checks,
+        "checks": mode_checks.get("practical", checks),
         "theory_verifier_retrainings": costs.get("theory"),
         "practical_verifier_retrainings": costs.get("practical"),
         "manual_verifier_retrainings": costs.get("manual"),
@@ -440,9 +471,9 @@ def _plan(args: argparse.Namespace) -> int:
         return 0
     for mode, p in plans.items():
         if mode in ok:
-            for line in _plan_lines(p, task, checks):
+            for line in _plan_lines(p, task, mode_checks[mode]):
                 print(line)
-            unit = "retraining-equivalents" if checks != "retrain" else "retrainings"
+            unit = "retraining-equivalents" if mode_checks[mode] != "retrain" else "retrainings"
             print(
                 f"  verifier cost {costs[mode]:.4g} {unit}; leverage prover ÷ verifier = "
                 f"{p.prover_retrainings / costs[mode]:.3g}"
