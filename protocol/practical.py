@@ -802,14 +802,9 @@ def plan_practical(
     loss_sd = (
         float(np.max(np.broadcast_to(pilot.loss_sd, (z,)))) if pilot is not None else loss_b / 2
     )
-    target_w = 0.5 * BUDGET["mse"] * eps_min
     d_m = split["mse_per_target"]
     cap = int(max_mse_samples)
-
-    def mse_ok(t: int) -> bool:
-        return float(predicted_cs_halfwidth(t, loss_sd, loss_b, d_m)[0]) <= target_w
-
-    t_needed = _smallest(mse_ok, 2, cap)
+    t_needed = _mse_samples_needed(loss_sd, loss_b, eps_min, d_m, cap)
     predicted_complete = t_needed is not None
     mse_samples = cap if t_needed is None else t_needed
     eta = max(
@@ -905,13 +900,25 @@ def mse_samples_for_range(plan: PracticalPlan, datamodel_ranges: Any) -> int:
     if cap <= plan.mse_samples:
         return int(plan.mse_samples)
     g = np.broadcast_to(np.asarray(datamodel_ranges, dtype=np.float64), (plan.num_targets,))
-    loss_b = mse_loss_bound(plan.output_bound, float(np.max(g)), plan.tolerance)
-    target_w = 0.5 * BUDGET["mse"] * min(plan.epsilon)
-    d_m = plan.delta_split["mse_per_target"]
-    sd = float(plan.loss_sd_planned)
+    loss_b = float(mse_loss_bound(plan.output_bound, float(np.max(g)), plan.tolerance))
+    need = _mse_samples_needed(
+        float(plan.loss_sd_planned),
+        loss_b,
+        min(plan.epsilon),
+        plan.delta_split["mse_per_target"],
+        cap,
+    )
+    return max(int(plan.mse_samples), cap if need is None else need)
+
+
+def _mse_samples_needed(
+    loss_sd: float, loss_bound: float, eps_min: float, delta_m: float, cap: int
+) -> int | None:
+    """Smallest t ≤ cap whose predicted confidence-sequence half-width meets the MSE share of
+    the budget, 2·w(t) ≤ 0.35·ε_min (None when even the cap does not)."""
+    target_w = 0.5 * BUDGET["mse"] * eps_min
 
     def ok(t: int) -> bool:
-        return float(predicted_cs_halfwidth(t, sd, float(loss_b), d_m)[0]) <= target_w
+        return float(predicted_cs_halfwidth(t, loss_sd, loss_bound, delta_m)[0]) <= target_w
 
-    need = _smallest(ok, 2, cap)
-    return max(int(plan.mse_samples), cap if need is None else need)
+    return _smallest(ok, 2, cap)

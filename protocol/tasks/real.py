@@ -261,7 +261,6 @@ class LogisticRegressionTask(_RealTask):
         xt = np.hstack([split.X_targets, np.ones((split.X_targets.shape[0], 1))])
         self._targets_tilde = xt
         self._target_norms = np.linalg.norm(xt, axis=1)
-        self._target_norm = float(np.max(self._target_norms))
         if center not in ("auto", "none"):
             raise ValueError(f"task {name!r}: center must be auto or none, got {center!r}")
         if scale not in ("auto", "none"):
