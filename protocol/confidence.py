@@ -90,11 +90,16 @@ def eb_halfwidth(values: Any, value_range: Any, delta: float, two_sided: bool = 
 
 def clt_halfwidth(values: Any, delta: float) -> np.ndarray:
     """Approximate (asymptotic, NOT a guarantee) two-sided CLT half-width z_{1−δ/2}·sd/√n."""
+    x = _as_2d(values, "values", min_rows=2)
+    return clt_halfwidth_from_stats(np.std(x, axis=0, ddof=1), x.shape[0], delta)
+
+
+def clt_halfwidth_from_stats(sample_sd: Any, n: int, delta: float) -> np.ndarray:
+    """:func:`clt_halfwidth` from a sample sd and a count (same value; NOT a guarantee)."""
     from scipy.stats import norm
 
-    x = _as_2d(values, "values", min_rows=2)
     z = float(norm.ppf(1.0 - _delta(delta) / 2.0))
-    return z * np.std(x, axis=0, ddof=1) / math.sqrt(x.shape[0])
+    return z * np.asarray(sample_sd, dtype=np.float64) / math.sqrt(int(n))
 
 
 def variance_lower_bound(

@@ -30,7 +30,7 @@ from protocol.accounting import ConfigurationError, lie_allowance
 from protocol.challenges import MEMBERS_PER_TUPLE
 from protocol.confidence import (
     MeanConfidenceSequence,
-    clt_halfwidth,
+    clt_halfwidth_from_stats,
     eb_halfwidth_from_stats,
     predicted_cs_halfwidth,
     variance_lower_bound,
@@ -267,10 +267,6 @@ def residual_interval(
     """
     r = _check_rho(rho)
     b = _pos_float(output_bound, "output_bound")
-    tau = _pos_float(tolerance, "tolerance", allow_zero=True)
-    m_star = int(lie_allowance)
-    if m_star < 0:
-        raise ValueError(f"lie_allowance must be >= 0, got {lie_allowance}")
     f = np.asarray(f_values, dtype=np.float64)
     if f.ndim == 2 and np.all(np.isfinite(f)) and np.any(np.abs(f) > b):
         raise ValueError(f"f_values outside [-b, b] (b = {b:g}): reject the prover's report")
@@ -278,11 +274,45 @@ def residual_interval(
     n = samples.shape[0]
     if n < 2:
         raise ValueError(f"need at least 2 tuples for the empirical Bernstein bound, got {n}")
+    return residual_interval_from_moments(
+        n, samples.mean(axis=0), samples.std(axis=0, ddof=1), r, b, delta, lie_allowance, tolerance
+    )
+
+
+def residual_interval_from_moments(
+    num_tuples: int,
+    estimate: Any,
+    sample_sd: Any,
+    rho: float,
+    output_bound: float,
+    delta: float,
+    lie_allowance: int = 0,
+    tolerance: float = 0.0,
+) -> ResidualInterval:
+    """:func:`residual_interval` from the n residual samples' mean and sample sd (ddof = 1).
+
+    Guarantee: the same interval as :func:`residual_interval` on f-values whose
+    :func:`residual_samples` have exactly this count, mean and sd, under the same conditions
+    (i.i.d. tuples, every true f in [−b, b], ≤ m* lies). The caller vouches for the moments:
+    a streaming simulation that never holds all r_j at once passes them here, so the interval
+    is still computed by this code. Raises ``ValueError`` for n < 2 or bad parameters.
+    """
+    r = _check_rho(rho)
+    b = _pos_float(output_bound, "output_bound")
+    tau = _pos_float(tolerance, "tolerance", allow_zero=True)
+    m_star = int(lie_allowance)
+    if m_star < 0:
+        raise ValueError(f"lie_allowance must be >= 0, got {lie_allowance}")
+    n = int(num_tuples)
+    if n < 2:
+        raise ValueError(f"need at least 2 tuples for the empirical Bernstein bound, got {n}")
+    est = np.asarray(estimate, dtype=np.float64)
+    sd = np.asarray(sample_sd, dtype=np.float64)
+    if est.ndim != 1 or sd.shape != est.shape or not np.all(np.isfinite(est) & np.isfinite(sd)):
+        raise ValueError(f"estimate and sample_sd must be finite (Z,) arrays, got {est.shape}")
     lo, hi = residual_sample_range(b, r)
     width = hi - lo
     tau_r = residual_tau_charge(b, tau, r)
-    est = samples.mean(axis=0)
-    sd = samples.std(axis=0, ddof=1)
     far = np.maximum(hi - est, est - lo) + tau_r
     sd_rob = np.sqrt(sd * sd + m_star * far * far / (n - 1)) + tau_r * math.sqrt(n / (n - 1))
     eta = eb_halfwidth_from_stats(sd_rob, n, width, delta)
@@ -308,7 +338,7 @@ def residual_interval(
         bias_upper=np.maximum(0.0, low_er) - lower,
         lower=lower,
         upper=est + eta + lie_shift + tau_r,
-        clt_halfwidth=clt_halfwidth(samples, delta),
+        clt_halfwidth=clt_halfwidth_from_stats(sd, n, delta),
     )
 
 

@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         mc.add_argument("--json", action="store_true", help="print one JSON object with the rows")
         mc.add_argument("--quick", action="store_true", help="a small fixed-seed grid (minutes)")
         mc.add_argument("--seed", type=int, default=0)
+        mc.add_argument(
+            "--first",
+            type=int,
+            default=0,
+            help="run trials FIRST..TRIALS-1 only (split one cell over processes; trials are "
+            "keyed by index, so the split does not change them)",
+        )
         mc.add_argument("--delta", type=float, default=0.05)
         mc.add_argument("--no-progress", action="store_true")
         mc.add_argument(
@@ -330,6 +337,8 @@ def _montecarlo(args: argparse.Namespace) -> int:
     trials = args.trials or (QUICK_MC["trials"] if args.quick else 200)
     if trials < 1:
         raise ValueError("--trials must be >= 1")
+    if not 0 <= args.first < trials:
+        raise ValueError(f"--first must lie in [0, --trials), got {args.first}")
     if args.command == "validity":
         eps = (QUICK_MC["epsilon"],) if args.quick else args.epsilons
         ns = (100,) if args.quick else tuple(int(n) for n in args.ns)
@@ -355,7 +364,9 @@ def _montecarlo(args: argparse.Namespace) -> int:
             bar.update(tasks[cell.key()], completed=done)
 
     try:
-        path = run_cells(cells, trials, args.out, seed=args.seed, progress=progress)
+        path = run_cells(
+            cells, trials, args.out, seed=args.seed, progress=progress, first=args.first
+        )
     finally:
         if bar is not None:
             bar.stop()

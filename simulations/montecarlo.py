@@ -91,33 +91,45 @@ def require_exact_synthetic(task: Any) -> SyntheticTask:
     return task
 
 
-def _coin_sampler(rho: float, rng: np.random.Generator) -> Callable[[tuple[int, int]], Any]:
-    """Draw the coupling coin so that P(v < ρ) = ρ and P(v < 2ρ) = 2ρ exactly.
+def coin_draw(
+    rho: float, rng: np.random.Generator
+) -> tuple[Callable[[tuple[int, int]], Any], Any, Any]:
+    """(draw, lo, hi): ``draw(shape)`` gives the raw coupling coin v, and v < lo, v < hi have
+    probabilities ρ and 2ρ exactly.
 
-    When 1000ρ is an integer the coin is uniform on {0, …, 999} (compared with 1000ρ, 2000ρ);
+    When 1000ρ is an integer v is uniform on {0, …, 999} (uint16, compared with 1000ρ, 2000ρ);
     otherwise it is a float64 uniform (as :func:`protocol.practical.pilot_masks`)."""
     scaled = rho * 1000.0
     if abs(scaled - round(scaled)) < 1e-9:
-        lo, hi = round(scaled), round(2 * scaled)
 
         def draw(shape: tuple[int, int]) -> Any:
-            v = rng.integers(0, 1000, size=shape, dtype=np.uint16)
-            return v < lo, v < hi
+            return rng.integers(0, 1000, size=shape, dtype=np.uint16)
 
-        return draw
+        return draw, round(scaled), round(2 * scaled)
+    return rng.random, float(rho), 2.0 * float(rho)
 
-    def draw_float(shape: tuple[int, int]) -> Any:
-        v = rng.random(shape)
-        return v < rho, v < 2.0 * rho
 
-    return draw_float
+def _coin_sampler(rho: float, rng: np.random.Generator) -> Callable[[tuple[int, int]], Any]:
+    """Draw the coupling coin as the pair of masks (v < ρ, v < 2ρ) (see :func:`coin_draw`)."""
+    raw, lo, hi = coin_draw(rho, rng)
+
+    def draw(shape: tuple[int, int]) -> Any:
+        v = raw(shape)
+        return v < lo, v < hi
+
+    return draw
+
+
+def bernoulli_packed(rng: np.random.Generator, p: float, shape: tuple[int, int]) -> np.ndarray:
+    """B_p bits of the given (rows, columns) shape, packed 8 to a byte (big-endian, as
+    ``np.packbits``); the draws are those of :func:`_bernoulli`."""
+    if p == 0.5:
+        return rng.integers(0, 256, size=(shape[0], (shape[1] + 7) // 8), dtype=np.uint8)
+    return np.packbits(rng.random(shape) < p, axis=1)
 
 
 def _bernoulli(rng: np.random.Generator, p: float, shape: tuple[int, int]) -> np.ndarray:
-    if p == 0.5:
-        packed = rng.integers(0, 256, size=(shape[0], (shape[1] + 7) // 8), dtype=np.uint8)
-        return np.unpackbits(packed, axis=1, count=shape[1]).astype(bool)
-    return rng.random(shape) < p
+    return np.unpackbits(bernoulli_packed(rng, p, shape), axis=1, count=shape[1]).astype(bool)
 
 
 @dataclass
@@ -410,10 +422,7 @@ def targeted_lies(
     m_star = int(plan.lie_allowance)
     if m_star <= 0:
         return f, 0
-    own = _bernoulli(rng, task.p, (4000, task.num_train_points))
-    loss = (task.evaluate(own) - datamodel_predictions(own, claimed.intercepts,
-                                                       claimed.coefficients)) ** 2  # fmt: skip
-    goal = loss.mean(axis=0) + plan.budget["mse_halfwidth_planned"] - epsilon
+    goal = lie_goal(plan, task, claimed, epsilon, rng)
     gains, best = lie_gains(f, plan.rho, task.output_bound)
     top = (
         np.argpartition(-gains, m_star - 1)[:m_star]
@@ -435,18 +444,41 @@ def targeted_lies(
         )
         return bool(np.all(ri.lower >= goal))
 
+    count = fewest_lies(reaches, len(order))
+    return (f, 0) if count == 0 else (lied(count), count)
+
+
+def lie_goal(
+    plan: PracticalPlan,
+    task: SyntheticTask,
+    claimed: Attribution,
+    epsilon: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The residual lower bound (Z,) the targeted prover aims for: its own estimate of the claimed
+    datamodel's MSE (4,000 of its own B_p retrainings) plus the plan's predicted MSE half-width,
+    minus ε."""
+    own = _bernoulli(rng, task.p, (4000, task.num_train_points))
+    loss = (task.evaluate(own) - datamodel_predictions(own, claimed.intercepts,
+                                                       claimed.coefficients)) ** 2  # fmt: skip
+    return loss.mean(axis=0) + plan.budget["mse_halfwidth_planned"] - epsilon
+
+
+def fewest_lies(reaches: Callable[[int], bool], most: int) -> int:
+    """The fewest lies in [0, most] for which ``reaches`` holds (binary search; ``reaches`` is
+    taken as monotone), or ``most`` when even that many do not reach the goal."""
     if reaches(0):
-        return f, 0
-    if not reaches(len(order)):
-        return lied(len(order)), len(order)
-    lo, hi = 0, len(order)
+        return 0
+    if not reaches(most):
+        return most
+    lo, hi = 0, most
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if reaches(mid):
             hi = mid
         else:
             lo = mid
-    return lied(hi), hi
+    return hi
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,13 +541,23 @@ def run_trial(
     provers: list[ProverModel],
     honest: Attribution,
     seed: Any,
+    engine: str = "auto",
 ) -> list[Outcome]:
     """One trial: one tuple sample and one M, judged for every prover model.
 
     Guarantee: each verdict is the practical verifier's (residual interval, sequential MSE,
     decision) on what that prover reports, after the spot-check draw; nothing is accepted that the
-    real decision rule would not accept on the same numbers.
+    real decision rule would not accept on the same numbers. ``engine``: "memory" holds every
+    f-value; "streamed" (:mod:`simulations.streamed`, attribution attacks only) gives the same
+    verdicts on the same draws without holding them; "auto" streams whenever it can.
     """
+    if engine not in ("auto", "memory", "streamed"):
+        raise ValueError(f"engine must be auto, memory or streamed, got {engine!r}")
+    if engine != "memory":
+        from simulations.streamed import run_trial_streamed, streamable
+
+        if engine == "streamed" or streamable(provers):
+            return run_trial_streamed(task, plan, provers, honest, seed)
     eps = np.broadcast_to(np.asarray(plan.epsilon, dtype=np.float64), (task.num_targets,))
     sample = sample_tuples(task, plan.pairs_per_level, plan.rho, derive_rng(seed, "E"), honest)
     mse = MseSample(task, (seed, "M"))

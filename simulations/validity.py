@@ -176,11 +176,14 @@ def run_cells(
     out_dir: Path,
     seed: int = 0,
     progress: Any = None,
+    first: int = 0,
 ) -> Path:
-    """Run ``trials`` trials of every cell (skipping finished ones); returns the trials file.
+    """Run trials ``first``..``trials − 1`` of every cell (skipping finished ones); returns the
+    trials file.
 
     ``progress(cell, done, total)`` is called after every trial when given. Trials are keyed by
-    (seed, cell key, index), so reruns and extensions reproduce the same draws."""
+    (seed, cell key, index), so reruns, extensions and splits over processes (``first``)
+    reproduce the same draws."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "trials.jsonl"
     done = load_trials(path)
@@ -189,7 +192,7 @@ def run_cells(
         honest = honest_attribution(task)
         plan = plan_for(cell)
         have = done.get(cell.key(), {})
-        for i in range(trials):
+        for i in range(first, trials):
             if i in have:
                 continue
             started = time.monotonic()

@@ -102,7 +102,7 @@ class SequentialOutcome:
 def run_sequential_mse(
     plan: PracticalPlan,
     task: Task,
-    f_values: np.ndarray,
+    f_values: np.ndarray | None,
     intercepts: np.ndarray,
     coefficients: np.ndarray,
     sample_masks: Callable[[np.ndarray], np.ndarray],
@@ -117,11 +117,14 @@ def run_sequential_mse(
     ``sample_masks(indices)`` their subsets. With ε relative to Var f, the first
     ``plan.variance_samples`` members also give the variance lower bound (a fixed-size bound).
     ``residual``: the :func:`residual_interval` of exactly these ``f_values`` under this plan, when
-    the caller has it already (simulations judging several provers on the same values).
+    the caller has it already (simulations judging several provers on the same values, or
+    streaming them); ``f_values`` may then be None.
     """
     split = plan.delta_split
     b, tau = task.output_bound, task.tolerance
     if residual is None:
+        if f_values is None:
+            raise ValueError("run_sequential_mse needs f_values or their residual interval")
         residual = residual_interval(
             f_values,
             plan.rho,

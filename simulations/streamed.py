@@ -1,0 +1,372 @@
+"""The streamed Monte-Carlo engine: the same trials as :func:`simulations.montecarlo.run_trial`
+for the validity grid's provers, without ever holding the 4n f-values.
+
+Why: at ε = 0.05 the practical plan asks for 25–45 million tuples, i.e. 100–180 million members
+per target; the in-memory engine holds (4n, Z) float64 f-values several times over and spends
+most of its time on temporary arrays. Here one compiled pass per chunk (numba) evaluates f on the
+four members of every tuple, its residual sample r_j and every member's lie gain, and keeps only:
+
+* the running count, mean and M2 of r_j per target (merged chunk by chunk, Chan et al.), which is
+  all :func:`protocol.practical.residual_interval_from_moments` needs, so the verifier's interval
+  is still computed by the protocol's code;
+* the m* members with the largest lie gains, with their tuples' f-values, which is all the
+  targeted few-lies attack (:func:`simulations.montecarlo.targeted_lies`) touches. The lied
+  residual moments are the honest ones corrected on the lied tuples only.
+
+The draws are exactly those of :func:`simulations.montecarlo.sample_tuples` (same generator, same
+calls, same order), so a trial keyed by the same seed sees the same tuples in both engines; the
+verdicts agree, and err_upper / residual_lower agree to floating-point summation order
+(``tests/test_streamed.py`` checks both on committed seeds). Answer attacks (lazy, replay, …) need
+every reported value and stay on the in-memory engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+import numpy as np
+
+from protocol.challenges import MEMBERS_PER_TUPLE
+from protocol.practical import (
+    PracticalPlan,
+    ResidualInterval,
+    residual_coefficients,
+    residual_interval_from_moments,
+    residual_samples,
+)
+from protocol.tasks.synthetic import SyntheticTask
+from prover.strategy import Attribution
+from simulations.adversaries import AttackContext, resolve
+from simulations.montecarlo import (
+    CHUNK_TUPLES,
+    MseSample,
+    Outcome,
+    ProverModel,
+    _check_exact,
+    bernoulli_packed,
+    coin_draw,
+    derive_rng,
+    fewest_lies,
+    lie_gains,
+    lie_goal,
+    naive_accept,
+    prover_attribution,
+)
+from verifier.practical_flow import run_sequential_mse
+
+#: Provers the streamed engine judges (everything but the answer attacks).
+#: Tuples per block of the compiled pass (the block's member bits stay in cache).
+_BLOCK = 256
+STREAMED_PROVERS = frozenset({"honest", "scale", "boost", "noise", "intercept", "weak", "targeted"})
+
+
+@numba.njit(cache=True, nogil=True)
+def _tuple_pass(
+    xp: np.ndarray,
+    y0p: np.ndarray,
+    coin: np.ndarray,
+    lo: Any,
+    hi: Any,
+    cols: np.ndarray,
+    deg: np.ndarray,
+    weight: np.ndarray,
+    target: np.ndarray,
+    fhat0: np.ndarray,
+    yhi: float,
+    ylo: float,
+    coef_a: float,
+    coef_b: float,
+    coef_c: float,
+    bound: float,
+    f_out: np.ndarray,
+    r_out: np.ndarray,
+    gain_out: np.ndarray,
+) -> float:
+    """One chunk: member bits from the packed draws and the coin, f on all four members (sum of
+    weight·Π φ over the terms), r_j per target, and each member's lie gain summed over targets
+    (the rise of r_j when that member alone reports its best value in ±b, as
+    :func:`simulations.montecarlo.lie_gains`). Returns max |f| over the chunk.
+
+    Tuples go in blocks of ``_BLOCK``: the member bits are laid out column by column, so each
+    term's update runs over a contiguous block of tuples (vectorised), with φ chosen by a select,
+    never a data-dependent branch. Every f is summed term by term in the task's term order."""
+    m = xp.shape[0]
+    c = coin.shape[1]
+    z = fhat0.shape[0]
+    nterm = weight.shape[0]
+    bits = np.empty((c, 4, _BLOCK), np.bool_)
+    acc = np.empty((z, 4, _BLOCK))
+    biggest = 0.0
+    for j0 in range(0, m, _BLOCK):
+        nb = min(_BLOCK, m - j0)
+        for i in range(c):
+            byte = i >> 3
+            shift = 7 - (i & 7)
+            for jj in range(nb):
+                j = j0 + jj
+                xb = (xp[j, byte] >> shift) & 1
+                yb = (y0p[j, byte] >> shift) & 1
+                v = coin[j, i]
+                bits[i, 0, jj] = xb != 0
+                bits[i, 1, jj] = yb != 0
+                bits[i, 2, jj] = (xb if v < lo else yb) != 0
+                bits[i, 3, jj] = (xb if v < hi else yb) != 0
+        for t in range(z):
+            for q in range(4):
+                for jj in range(nb):
+                    acc[t, q, jj] = fhat0[t]
+        for k in range(nterm):
+            t = target[k]
+            w = weight[k]
+            c0 = cols[k, 0]
+            d = deg[k]
+            if d == 1:
+                for q in range(4):
+                    for jj in range(nb):
+                        acc[t, q, jj] += w * (yhi if bits[c0, q, jj] else ylo)
+            elif d == 2:
+                c1 = cols[k, 1]
+                for q in range(4):
+                    for jj in range(nb):
+                        acc[t, q, jj] += (w * (yhi if bits[c0, q, jj] else ylo)) * (
+                            yhi if bits[c1, q, jj] else ylo
+                        )
+            else:
+                c1 = cols[k, 1]
+                c2 = cols[k, 2]
+                for q in range(4):
+                    for jj in range(nb):
+                        acc[t, q, jj] += (
+                            (w * (yhi if bits[c0, q, jj] else ylo))
+                            * (yhi if bits[c1, q, jj] else ylo)
+                        ) * (yhi if bits[c2, q, jj] else ylo)
+        for jj in range(nb):
+            j = j0 + jj
+            g0 = 0.0
+            g1 = 0.0
+            g2 = 0.0
+            g3 = 0.0
+            for t in range(z):
+                u = acc[t, 0, jj]
+                v0 = acc[t, 1, jj]
+                w = acc[t, 2, jj]
+                s = acc[t, 3, jj]
+                f_out[4 * j, t] = u
+                f_out[4 * j + 1, t] = v0
+                f_out[4 * j + 2, t] = w
+                f_out[4 * j + 3, t] = s
+                biggest = max(biggest, abs(u), abs(v0), abs(w), abs(s))
+                r = 0.5 * (u * u + v0 * v0) + u * (coef_a * v0 - coef_b * w + coef_c * s)
+                r_out[j, t] = r
+                k0 = coef_a * v0 - coef_b * w + coef_c * s
+                nu = bound if k0 >= 0 else -bound
+                g0 += 0.5 * (nu * nu + v0 * v0) + nu * k0 - r
+                nv = bound if coef_a * u >= 0 else -bound
+                g1 += 0.5 * (u * u + nv * nv) + u * (coef_a * nv - coef_b * w + coef_c * s) - r
+                nw = -bound if u >= 0 else bound
+                g2 += 0.5 * (u * u + v0 * v0) + u * (coef_a * v0 - coef_b * nw + coef_c * s) - r
+                ns = bound if u >= 0 else -bound
+                g3 += 0.5 * (u * u + v0 * v0) + u * (coef_a * v0 - coef_b * w + coef_c * ns) - r
+            gain_out[4 * j] = g0
+            gain_out[4 * j + 1] = g1
+            gain_out[4 * j + 2] = g2
+            gain_out[4 * j + 3] = g3
+    return biggest
+
+
+def _terms(task: SyntheticTask) -> tuple[np.ndarray, ...]:
+    """The task's terms flattened: local columns (T, 3), degree (T,), weight (T,), target (T,)."""
+    cols, deg, weight, target = [], [], [], []
+    for local, val in zip(task._local, task.values, strict=True):
+        z, count, k = local.shape
+        if count == 0:
+            continue
+        padded = np.zeros((z * count, 3), dtype=np.int64)
+        padded[:, :k] = local.reshape(z * count, k)
+        cols.append(padded)
+        deg.append(np.full(z * count, k, dtype=np.int64))
+        weight.append(val.reshape(-1))
+        target.append(np.repeat(np.arange(z, dtype=np.int64), count))
+    return (np.concatenate(cols), np.concatenate(deg), np.concatenate(weight),
+            np.concatenate(target))  # fmt: skip
+
+
+@dataclass
+class StreamedSample:
+    """What a streamed pass keeps of n coupled tuples.
+
+    ``mean`` and ``m2`` (Z,) are the count-weighted mean of r_j and Σ(r_j − mean)²;
+    ``top_members`` (K,) the global member indices (4j + role) with the largest lie gains, ordered
+    by gain (largest first, ties by index), ``top_gains`` their gains and ``top_tuples`` (K, 4, Z)
+    the f-values of their tuples."""
+
+    num_tuples: int
+    mean: np.ndarray
+    m2: np.ndarray
+    top_members: np.ndarray
+    top_gains: np.ndarray
+    top_tuples: np.ndarray
+    rho: float
+
+    @property
+    def sample_sd(self) -> np.ndarray:
+        """The r_j's sample sd (ddof = 1)."""
+        return np.sqrt(self.m2 / (self.num_tuples - 1))
+
+
+def stream_tuples(
+    task: SyntheticTask,
+    num_tuples: int,
+    rho: float,
+    rng: np.random.Generator,
+    honest: Attribution,
+    keep_top: int = 0,
+) -> StreamedSample:
+    """Draw ``num_tuples`` coupled tuples exactly as :func:`simulations.montecarlo.sample_tuples`
+    (same generator calls in the same order) and keep their residual moments and the
+    ``keep_top`` members with the largest lie gains.
+
+    Guarantee: ``mean`` and ``sample_sd`` equal those of ``residual_samples(sample_tuples(...).f)``
+    on the same generator state up to summation order; raises ``ValueError`` if any f-value leaves
+    [−b, b] (which the exact task never does)."""
+    _check_exact(task, honest)
+    n, c, z = int(num_tuples), len(task.support_columns), task.num_targets
+    cols, deg, weight, target = _terms(task)
+    coef_a, coef_b, coef_c = residual_coefficients(rho)
+    bound = float(task.output_bound)
+    draw_coin, lo, hi = coin_draw(rho, rng)
+    chunk = min(CHUNK_TUPLES, n)
+    f_buf = np.empty((MEMBERS_PER_TUPLE * chunk, z))
+    r_buf = np.empty((chunk, z))
+    g_buf = np.empty(MEMBERS_PER_TUPLE * chunk)
+    count, mean, m2 = 0, np.zeros(z), np.zeros(z)
+    top_idx = np.zeros(0, dtype=np.int64)
+    top_gain = np.zeros(0)
+    top_f = np.zeros((0, MEMBERS_PER_TUPLE, z))
+    for start in range(0, n, CHUNK_TUPLES):
+        m = min(CHUNK_TUPLES, n - start)
+        xp = bernoulli_packed(rng, task.p, (m, c))
+        y0p = bernoulli_packed(rng, task.p, (m, c))
+        coin = draw_coin((m, c))
+        f, r, g = f_buf[: MEMBERS_PER_TUPLE * m], r_buf[:m], g_buf[: MEMBERS_PER_TUPLE * m]
+        biggest = _tuple_pass(xp, y0p, coin, lo, hi, cols, deg, weight, target,
+                              np.asarray(task.fhat_empty, dtype=np.float64), task._hi, task._lo,
+                              coef_a, coef_b, coef_c, bound, f, r, g)  # fmt: skip
+        if biggest > bound:
+            raise ValueError(f"f-value {biggest!r} outside [-b, b] (b = {bound!r})")
+        c_mean = r.mean(axis=0)
+        c_m2 = np.sum((r - c_mean) ** 2, axis=0)
+        total = count + m
+        diff = c_mean - mean
+        mean = mean + diff * (m / total)
+        m2 = m2 + c_m2 + diff * diff * (count * m / total)
+        count = total
+        if keep_top > 0:
+            k = min(keep_top, len(g))
+            pick = np.argpartition(-g, k - 1)[:k] if k < len(g) else np.arange(len(g))
+            local_tuple = pick // MEMBERS_PER_TUPLE
+            rows = f.reshape(m, MEMBERS_PER_TUPLE, z)[local_tuple]
+            top_idx = np.concatenate([top_idx, pick + MEMBERS_PER_TUPLE * start])
+            top_gain = np.concatenate([top_gain, g[pick]])
+            top_f = np.concatenate([top_f, rows])
+            order = np.lexsort((top_idx, -top_gain))[:keep_top]
+            top_idx, top_gain, top_f = top_idx[order], top_gain[order], top_f[order]
+    return StreamedSample(n, mean, m2, top_idx, top_gain, top_f, float(rho))
+
+
+def lied_residual(
+    sample: StreamedSample, count: int, plan: PracticalPlan, task: SyntheticTask
+) -> ResidualInterval:
+    """The verifier's residual interval after the targeted prover lies on the ``count`` members
+    with the largest gains (each set to its best value in ±b, as :func:`lie_gains` chooses it).
+
+    The honest moments are corrected on the lied tuples only: Σr and Σ(r − mean)² change by the
+    lied tuples' r_new − r_old (computed by :func:`protocol.practical.residual_samples`)."""
+    n, z = sample.num_tuples, len(sample.mean)
+    members = sample.top_members[:count]
+    tuples, first = np.unique(members // MEMBERS_PER_TUPLE, return_index=True)
+    d_r = plan.delta_split["residual_per_target"]
+    args = (plan.rho, task.output_bound, d_r, plan.lie_allowance, task.tolerance)
+    if len(tuples) == 0:
+        return residual_interval_from_moments(n, sample.mean, sample.sample_sd, *args)
+    where = {int(t): i for i, t in enumerate(tuples)}
+    original = sample.top_tuples[:count][first].reshape(-1, z)
+    _, best = lie_gains(original, plan.rho, task.output_bound)
+    lied = original.copy()
+    for member in members:
+        row = MEMBERS_PER_TUPLE * where[int(member) // MEMBERS_PER_TUPLE]
+        row += int(member) % MEMBERS_PER_TUPLE
+        lied[row] = best[row]
+    r_old = residual_samples(original, plan.rho)
+    r_new = residual_samples(lied, plan.rho)
+    shift = np.sum(r_new - r_old, axis=0)
+    mean = sample.mean + shift / n
+    # Σ(r − mean')² = Σr² − n·mean'², written against the honest M2 to avoid cancellation.
+    m2 = sample.m2 + np.sum(r_new * r_new - r_old * r_old, axis=0)
+    m2 = m2 - shift * (mean + sample.mean)
+    sd = np.sqrt(np.maximum(m2, 0.0) / (n - 1))
+    return residual_interval_from_moments(n, mean, sd, *args)
+
+
+def streamable(provers: list[ProverModel]) -> bool:
+    """True when every prover is one the streamed engine judges (no answer attacks)."""
+    return all(p.name == "honest" or resolve(p.name) in STREAMED_PROVERS for p in provers)
+
+
+def run_trial_streamed(
+    task: SyntheticTask,
+    plan: PracticalPlan,
+    provers: list[ProverModel],
+    honest: Attribution,
+    seed: Any,
+) -> list[Outcome]:
+    """One trial, judged as :func:`simulations.montecarlo.run_trial` judges it (same draws, same
+    protocol code for the interval, the sequential MSE and the decision), streaming the tuples.
+
+    Guarantee: the same verdicts as the in-memory engine on the same seed, with err_upper and
+    residual_lower equal up to summation order. Raises ``ValueError`` for an answer attack."""
+    if not streamable(provers):
+        raise ValueError("the streamed engine judges attribution attacks only (no answer attacks)")
+    eps = np.broadcast_to(np.asarray(plan.epsilon, dtype=np.float64), (task.num_targets,))
+    m_star = int(plan.lie_allowance)
+    keep = (
+        m_star if any(p.name != "honest" and resolve(p.name) == "targeted" for p in provers) else 0
+    )
+    sample = stream_tuples(task, plan.pairs_per_level, plan.rho, derive_rng(seed, "E"), honest,
+                           keep_top=keep)  # fmt: skip
+    mse = MseSample(task, (seed, "M"))
+    members = MEMBERS_PER_TUPLE * sample.num_tuples
+    context = AttackContext(epsilon=float(eps.min()), lie_allowance=plan.lie_allowance, seed=0)
+    honest_residual = lied_residual(sample, 0, plan, task)
+    out: list[Outcome] = []
+    for model in provers:
+        prng = derive_rng(seed, "prover", model.label)
+        vrng = derive_rng(seed, "checks", model.label)
+        name = "honest" if model.name == "honest" else resolve(model.name)
+        claimed = honest if name == "honest" else prover_attribution(model, task, honest, context)
+        residual, lies = honest_residual, 0
+        if name == "targeted" and m_star > 0:
+            goal = lie_goal(plan, task, claimed, eps, prng)
+
+            def reaches(count: int, goal: np.ndarray = goal) -> bool:
+                return bool(np.all(lied_residual(sample, count, plan, task).lower >= goal))
+
+            lies = fewest_lies(reaches, min(m_star, members))
+            residual = lied_residual(sample, lies, plan, task)
+        hit = lies > 0 and int(vrng.hypergeometric(lies, members - lies, plan.spot_checks)) > 0
+        c = np.asarray(claimed.intercepts, dtype=np.float64)
+        a = np.asarray(claimed.coefficients, dtype=np.float64)
+        naive = naive_accept(mse, c, a)
+        seq = run_sequential_mse(plan, task, None, c, a, mse.masks, mse.f, residual=residual)
+        d = seq.decision
+        if hit:
+            out.append(Outcome(model.label, "reject", "spot-check", naive, 0, lies, lies, None,
+                               None, {"verdict_if_missed": d.verdict}))  # fmt: skip
+            continue
+        kind = "accept" if d.accepted else ("cap" if "cap" in d.reason else "mse")
+        t = int(np.argmax(d.err_upper - d.epsilon))
+        out.append(Outcome(model.label, d.verdict, kind, naive, seq.mse_samples_used, lies, lies,
+                           float(d.err_upper[t]), float(d.residual_lower[t])))  # fmt: skip
+    return out
