@@ -50,7 +50,7 @@ def datamodel_predictions(
         raise ValueError(f"masks must have shape (K, {a.shape[1]}), got {m.shape}")
     if m.dtype != np.bool_:
         raise ValueError(f"masks must be boolean, got dtype {m.dtype}")
-    x = 2.0 * m.astype(np.float64) - 1.0
+    x = np.where(m, 1.0, -1.0)  # the same ±1 values as 2·mask − 1, in one pass
     return c[None, :] + x @ a.T
 
 
