@@ -21,7 +21,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from protocol.accounting import GUARANTEE_RTOL
-from verifier.certificate import CERTIFICATE_FORMAT, encode_certificate, signed_bytes
+from verifier.certificate import (
+    CERTIFICATE_FORMAT,
+    CERTIFIED_MODES,
+    CHECK_MODES,
+    encode_certificate,
+    signed_bytes,
+)
 
 #: Relative tolerance for numbers the certificate derives from others (they are recomputed
 #: with the same float64 operations, so in practice they agree exactly).
@@ -181,8 +187,8 @@ def _check_structure(cert: dict[str, Any]) -> dict[str, Any]:
     mode = _get(params, "mode", str, "parameters.")
     if mode not in ("manual", "theory", "practical"):
         raise _Fail(f"parameters.mode must be manual, theory or practical, got {mode!r}")
-    if _get(params, "checks", str, "parameters.") not in ("retrain", "certified", "certified-spot"):
-        raise _Fail("parameters.checks must be 'retrain', 'certified' or 'certified-spot'")
+    if _get(params, "checks", str, "parameters.") not in CHECK_MODES:
+        raise _Fail(f"parameters.checks must be one of {', '.join(CHECK_MODES)}")
     delta = _get(params, "delta", float, "parameters.")
     if not 0 < delta < 1:
         raise _Fail(f"parameters.delta must be in (0, 1), got {delta}")
@@ -220,7 +226,7 @@ def _check_structure(cert: dict[str, Any]) -> dict[str, Any]:
 
 def _check_spot(cert: dict[str, Any]) -> None:
     spot = cert.get("spot_check")
-    if spot is None or spot.get("mode") in ("certified", "certified-spot"):
+    if spot is None or spot.get("mode") in CERTIFIED_MODES:
         return
     tau = _get(spot, "tolerance", float, "spot_check.")
     worst = _get(spot, "max_abs_diff", float, "spot_check.")

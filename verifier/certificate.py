@@ -26,6 +26,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 #: The ``format`` field of every certificate this module writes.
 CERTIFICATE_FORMAT = "verifiable-attribution/certificate/v1"
+#: How challenges are checked: ``retrain`` (sampled spot checks, retrained locally),
+#: ``certified`` (every challenge certified from its weights) and ``certified-spot`` (sampled spot
+#: checks, each certified from its weights with one gradient pass). A certificate records one.
+CHECK_MODES = ("retrain", "certified", "certified-spot")
+#: The modes whose checks are certified from supplied weights (and whose MSE models are supplied).
+CERTIFIED_MODES = ("certified", "certified-spot")
 #: Domain-separation prefix of the attribution digest.
 ATTRIBUTION_DIGEST_PREFIX = b"attribution.v1/datamodel\x00"
 #: Environment variable naming the key file (``--key`` wins over it).

@@ -15,8 +15,8 @@ from typing import Any
 from protocol.accounting import Plan, plan_manual, plan_theory
 from protocol.tasks import load_task
 from protocol.tasks.base import Task
+from verifier.certificate import CERTIFIED_MODES, CHECK_MODES
 from verifier.practical_flow import PILOT_TUPLES
-from verifier.session import CHECK_MODES
 
 log = logging.getLogger("verifier")
 
@@ -70,7 +70,7 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rho", type=float, default=0.25, help="manual: correlation ρ")
     p.add_argument(
         "--checks",
-        choices=["auto", "retrain", "certified", "certified-spot"],
+        choices=["auto", *CHECK_MODES],
         default="auto",
         help="how challenges are checked: certified (every challenge from its weights with one "
         "gradient pass; strongly convex tasks only), certified-spot (sampled spot checks, each "
@@ -275,7 +275,7 @@ def _print_result(result: Any, plan: Plan, task: Task) -> None:
         if cert is not None:
             print(f"  certified ε (with the claimed datamodel's range): {max(cert):.4g}")
     spot = result.details.get("spot_check")
-    if spot and spot.get("mode") in ("certified", "certified-spot"):
+    if spot and spot.get("mode") in CERTIFIED_MODES:
         which = "spot-checked" if spot.get("mode") == "certified-spot" else "all"
         print(
             f"  certified checks: {which} {spot['certified_models']} challenges from their "

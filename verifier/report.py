@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from verifier.certificate import CERTIFIED_MODES
+
 #: At most this many targets get their own panel (the table in report.md lists them all).
 MAX_PANELS = 6
 
@@ -135,7 +137,7 @@ def plot_spot_checks(spot: dict[str, Any], path: Path) -> Path:
     plt = _plt()
     tau = float(spot.get("tolerance", 0.0))
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    if spot.get("mode") in ("certified", "certified-spot"):
+    if spot.get("mode") in CERTIFIED_MODES:
         vals = np.array([float(spot.get("max_f_error_bound", 0.0))])
         ax.bar([0], vals, color="C0")
         ax.set_xticks([0], ["certified |f − f*| bound"])
@@ -286,7 +288,7 @@ def write_report(
     spot = result.get("spot_check")
     if spot:
         plot_spot_checks(spot, out / "spot_checks.png")
-        if spot.get("mode") in ("certified", "certified-spot"):
+        if spot.get("mode") in CERTIFIED_MODES:
             which = "spot-checked" if spot.get("mode") == "certified-spot" else "all"
             text = (
                 f"{which} {spot.get('certified_models')} challenges certified from their weights; "

@@ -23,6 +23,7 @@ from protocol.decision import datamodel_predictions, datamodel_range, decide, ms
 from protocol.residual import estimate_residual
 from protocol.tasks.base import Progress, Task, TaskIdentity
 from protocol.transcript import Transcript
+from verifier.certificate import CHECK_MODES
 from verifier.certified import (
     CertificationFailure,
     CertifiedOpenings,
@@ -89,12 +90,6 @@ class VerificationResult:
             "num_train_points": self.num_train_points,
             **self.details,
         }
-
-
-#: How challenges are checked: ``retrain`` (sampled spot checks, retrained locally),
-#: ``certified`` (every challenge certified from its weights) and ``certified-spot`` (sampled spot
-#: checks, each certified from its weights with one gradient pass).
-CHECK_MODES = ("retrain", "certified", "certified-spot")
 
 
 class VerifierSession:
