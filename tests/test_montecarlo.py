@@ -239,3 +239,8 @@ def test_cli_refuses_bad_input(tmp_path: Path, capsys) -> None:
     assert "--trials" in capsys.readouterr().err
     assert simulations_main(["catch-rate", "--no-run", "--out", str(tmp_path / "none")]) == 2
     assert "no trials file" in capsys.readouterr().err
+    for first in ("-1", "5"):
+        args = ["validity", "--quick", "--trials", "5", "--first", first, "--out", str(tmp_path)]
+        assert simulations_main(args) == 2
+        assert "--first must lie in [0, --trials)" in capsys.readouterr().err
+    assert not (tmp_path / "trials.jsonl").exists()  # refused before any trial ran
