@@ -126,9 +126,16 @@ def test_verifier_interrupted_then_rerun_accepts(tmp_path: Path) -> None:
     """SIGINT to the verifier mid-protocol: non-zero exit, no accept; a rerun accepts."""
     prover = start_prover(tmp_path, "--task", TASK, "--stall-before-commit", "2")
     try:
-        verifier = subprocess.Popen(
-            _verifier_cmd(prover.address), cwd=REPO, stdout=subprocess.PIPE, text=True
-        )
+        # A shell without job control starts background jobs with SIGINT ignored, and an ignored
+        # SIGINT is inherited (Python then keeps it ignored). A handled one is reset to the
+        # default at exec, so handle it here while the verifier starts, as a terminal would.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            verifier = subprocess.Popen(
+                _verifier_cmd(prover.address), cwd=REPO, stdout=subprocess.PIPE, text=True
+            )
+        finally:
+            signal.signal(signal.SIGINT, previous)
         prover.wait_for_log("challenge with")
         verifier.send_signal(signal.SIGINT)
         stdout, _ = verifier.communicate(timeout=60)
