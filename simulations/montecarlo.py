@@ -606,23 +606,19 @@ def run_trial(
                 )  # fmt: skip
             residual = honest_residual
         seq = run_sequential_mse(plan, task, f, c, a, mse.masks, mse.f, residual=residual)
-        d = seq.decision
-        kind = "accept" if d.accepted else ("cap" if "cap" in d.reason else "mse")
-        t = int(np.argmax(d.err_upper - d.epsilon))
-        out.append(
-            Outcome(
-                model.label,
-                d.verdict,
-                kind,
-                naive,
-                seq.mse_samples_used,
-                lies,
-                exposed,
-                float(d.err_upper[t]),
-                float(d.residual_lower[t]),
-            )
-        )
+        out.append(judged_outcome(model.label, seq, naive, lies, exposed))
     return out
+
+
+def judged_outcome(label: str, seq: Any, naive: bool, lies: int, exposed: int) -> Outcome:
+    """The outcome of a run that reached the decision (no spot check hit): the verdict, why it was
+    rejected ("cap" when the MSE cap left it undetermined, else "mse"), and err_upper and
+    residual_lower of the target closest to failing."""
+    d = seq.decision
+    kind = "accept" if d.accepted else ("cap" if "cap" in d.reason else "mse")
+    t = int(np.argmax(d.err_upper - d.epsilon))
+    return Outcome(label, d.verdict, kind, naive, seq.mse_samples_used, lies, exposed,
+                   float(d.err_upper[t]), float(d.residual_lower[t]))  # fmt: skip
 
 
 def true_err(

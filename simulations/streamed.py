@@ -49,6 +49,7 @@ from simulations.montecarlo import (
     coin_draw,
     derive_rng,
     fewest_lies,
+    judged_outcome,
     lie_gains,
     lie_goal,
     naive_accept,
@@ -365,8 +366,5 @@ def run_trial_streamed(
             out.append(Outcome(model.label, "reject", "spot-check", naive, 0, lies, lies, None,
                                None, {"verdict_if_missed": d.verdict}))  # fmt: skip
             continue
-        kind = "accept" if d.accepted else ("cap" if "cap" in d.reason else "mse")
-        t = int(np.argmax(d.err_upper - d.epsilon))
-        out.append(Outcome(model.label, d.verdict, kind, naive, seq.mse_samples_used, lies, lies,
-                           float(d.err_upper[t]), float(d.residual_lower[t])))  # fmt: skip
+        out.append(judged_outcome(model.label, seq, naive, lies, lies))
     return out
