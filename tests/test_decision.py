@@ -43,6 +43,33 @@ def test_predictions_and_range():
     np.testing.assert_allclose(datamodel_range(c, a), np.abs(g_all).max(axis=0), atol=1e-12)
 
 
+def test_sparse_predictions_skip_dead_columns_only():
+    """Columns with a zero coefficient for every target are skipped; the result is the dense
+    sum (to rounding), and a column live for one target only is still counted for all."""
+    rng = np.random.default_rng(1)
+    n = 400
+    masks = rng.random((33, n)) < 0.5
+    c = np.array([0.2, -0.7, 1.5])
+    a = np.zeros((3, n))
+    live = rng.choice(n, size=12, replace=False)
+    a[:, live] = rng.normal(size=(3, 12))
+    a[2, 5] = 0.25  # live for target 2 only (column 5 is otherwise dead)
+    a[:, live[0]] = [0.0, 0.0, -3.0]
+    g = datamodel_predictions(masks, c, a)
+    dense = c[None, :] + (2.0 * masks.astype(np.float64) - 1.0) @ a.T
+    np.testing.assert_allclose(g, dense, rtol=0, atol=1e-12)
+    # flipping a dead column's mask changes nothing; flipping column 5 moves target 2 by ±0.5
+    dead = next(j for j in range(n) if not a[:, j].any())
+    flipped = masks.copy()
+    flipped[:, dead] ^= True
+    np.testing.assert_array_equal(datamodel_predictions(flipped, c, a), g)
+    flipped = masks.copy()
+    flipped[:, 5] ^= True
+    moved = datamodel_predictions(flipped, c, a) - g
+    np.testing.assert_allclose(np.abs(moved[:, 2]), 0.5, atol=1e-12)
+    np.testing.assert_allclose(moved[:, :2], 0.0, atol=1e-12)
+
+
 def test_prediction_validation():
     c, a = np.zeros(2), np.zeros((2, 4))
     with pytest.raises(ValueError, match="boolean"):
