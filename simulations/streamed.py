@@ -61,6 +61,21 @@ from verifier.practical_flow import run_sequential_mse
 #: Tuples per block of the compiled pass (the block's member bits stay in cache).
 _BLOCK = 256
 STREAMED_PROVERS = frozenset({"honest", "scale", "boost", "noise", "intercept", "weak", "targeted"})
+#: _SPREAD[v]: the 8 bits of v as 8 bytes of 0/1, bit r in byte r (little-endian).
+_SPREAD = np.array(
+    [sum(((v >> r) & 1) << (8 * r) for r in range(8)) for v in range(256)], dtype=np.uint64
+)
+
+
+@numba.njit(cache=True, inline="always")
+def _transpose8(x: np.uint64) -> np.uint64:
+    """Transpose the 8×8 bit matrix whose bit (r, s) is bit 8r + s of x (delta swaps)."""
+    t = (x ^ (x >> np.uint64(7))) & np.uint64(0x00AA00AA00AA00AA)
+    x = x ^ t ^ (t << np.uint64(7))
+    t = (x ^ (x >> np.uint64(14))) & np.uint64(0x0000CCCC0000CCCC)
+    x = x ^ t ^ (t << np.uint64(14))
+    t = (x ^ (x >> np.uint64(28))) & np.uint64(0x00000000F0F0F0F0)
+    return x ^ t ^ (t << np.uint64(28))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -90,30 +105,53 @@ def _tuple_pass(
     (the rise of r_j when that member alone reports its best value in ±b, as
     :func:`simulations.montecarlo.lie_gains`). Returns max |f| over the chunk.
 
-    Tuples go in blocks of ``_BLOCK``: the member bits are laid out column by column, so each
-    term's update runs over a contiguous block of tuples (vectorised), with φ chosen by a select,
-    never a data-dependent branch. Every f is summed term by term in the task's term order."""
+    Tuples go in blocks of ``_BLOCK``. The members' bits are first formed byte by byte (eight
+    columns at once, bitwise) and then turned column-major by 8×8 bit transposes, so each term's
+    update runs over a contiguous block of tuples (vectorised), with φ chosen by a select, never a
+    data-dependent branch. Every f is summed term by term in the task's term order."""
     m = xp.shape[0]
     c = coin.shape[1]
     z = fhat0.shape[0]
     nterm = weight.shape[0]
-    bits = np.empty((c, 4, _BLOCK), np.bool_)
+    nbytes = xp.shape[1]
+    words = _BLOCK // 8
+    rows = nbytes * _BLOCK
+    packed = np.zeros(4 * nbytes * words, np.uint64)  # member bits packed, [role, byte, tuple]
+    packed8 = packed.view(np.uint8)
+    wide = np.zeros(c * 4 * words, np.uint64)  # member bits as 0/1 bytes, [column, role, tuple]
+    bits = wide.view(np.uint8).reshape((c, 4, _BLOCK))
     acc = np.empty((z, 4, _BLOCK))
     biggest = 0.0
     for j0 in range(0, m, _BLOCK):
         nb = min(_BLOCK, m - j0)
-        for i in range(c):
-            byte = i >> 3
-            shift = 7 - (i & 7)
-            for jj in range(nb):
-                j = j0 + jj
-                xb = (xp[j, byte] >> shift) & 1
-                yb = (y0p[j, byte] >> shift) & 1
-                v = coin[j, i]
-                bits[i, 0, jj] = xb != 0
-                bits[i, 1, jj] = yb != 0
-                bits[i, 2, jj] = (xb if v < lo else yb) != 0
-                bits[i, 3, jj] = (xb if v < hi else yb) != 0
+        # 1. per tuple, row-major: each packed byte of x and y0 and the two coin masks give the
+        #    byte of every member (yρ takes x where v < lo, y2ρ where v < hi, else y0).
+        for jj in range(nb):
+            j = j0 + jj
+            for b in range(nbytes):
+                xb = np.uint64(xp[j, b])
+                yb = np.uint64(y0p[j, b])
+                c1 = np.uint64(0)
+                c2 = np.uint64(0)
+                for k in range(min(8, c - 8 * b)):
+                    v = coin[j, 8 * b + k]
+                    c1 |= np.uint64(v < lo) << np.uint64(7 - k)
+                    c2 |= np.uint64(v < hi) << np.uint64(7 - k)
+                at = b * _BLOCK + jj
+                packed8[at] = xb
+                packed8[rows + at] = yb
+                packed8[2 * rows + at] = (xb & c1) | (yb & (c1 ^ np.uint64(255)))
+                packed8[3 * rows + at] = (xb & c2) | (yb & (c2 ^ np.uint64(255)))
+        # 2. to column-major: 8 tuples × 8 columns at a time, an 8×8 bit transpose, then each
+        #    column's byte spread to 8 bytes of 0/1.
+        for q in range(4):
+            for b in range(nbytes):
+                kmax = min(8, c - 8 * b)
+                for w in range((nb + 7) // 8):
+                    x = _transpose8(packed[(q * nbytes + b) * words + w])
+                    for k in range(kmax):
+                        byte = (x >> np.uint64(8 * (7 - k))) & np.uint64(255)
+                        wide[((8 * b + k) * 4 + q) * words + w] = _SPREAD[byte]
         for t in range(z):
             for q in range(4):
                 for jj in range(nb):
