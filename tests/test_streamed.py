@@ -73,6 +73,21 @@ def test_stream_keeps_the_moments_and_the_top_gains_of_the_same_draws(
     assert np.allclose(st.top_tuples, rows, rtol=0, atol=1e-13)
 
 
+def test_stream_f_values_are_the_in_memory_ones_on_ragged_sizes() -> None:
+    """A block that is not a multiple of 8 tuples and a last byte of fewer than 8 support columns
+    (the bit-transpose's edges) still give the in-memory f-values of every member (to summation
+    order: one wrong member bit would move f by a term's weight, ≫ 1e-13)."""
+    t = require_exact_synthetic(load_task("synthetic:n=30,z=3,p=0.3,seed=1"))
+    assert len(t.support_columns) % 8 != 0
+    h = honest_attribution(t)
+    n = 1_003  # 3 full blocks of 256, then 235 tuples
+    mem = sample_tuples(t, n, 0.15, derive_rng("ragged"), h)
+    st = stream_tuples(t, n, 0.15, derive_rng("ragged"), h, keep_top=4 * n)
+    rows = mem.f.reshape(n, 4, -1)[st.top_members // 4]
+    assert np.allclose(st.top_tuples, rows, rtol=0, atol=1e-13)
+    assert sorted(st.top_members.tolist()) == list(range(4 * n))
+
+
 def _same(a: list, b: list) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):
