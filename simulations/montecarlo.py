@@ -535,6 +535,18 @@ def naive_accept(mse: MseSample, c: np.ndarray, a: np.ndarray) -> bool:
     return bool(np.all(np.mean((f - pred) ** 2, axis=0) <= (1 - NAIVE_R2) * np.var(f, axis=0)))
 
 
+def resolve_engine(provers: list[ProverModel], engine: str = "auto") -> str:
+    """The engine :func:`run_trial` uses for these provers: "memory" or "streamed" ("auto"
+    streams whenever no prover is an answer attack). Raises ``ValueError`` for another name."""
+    if engine not in ("auto", "memory", "streamed"):
+        raise ValueError(f"engine must be auto, memory or streamed, got {engine!r}")
+    if engine == "auto":
+        from simulations.streamed import streamable
+
+        return "streamed" if streamable(provers) else "memory"
+    return engine
+
+
 def run_trial(
     task: SyntheticTask,
     plan: PracticalPlan,
@@ -551,13 +563,10 @@ def run_trial(
     f-value; "streamed" (:mod:`simulations.streamed`, attribution attacks only) gives the same
     verdicts on the same draws without holding them; "auto" streams whenever it can.
     """
-    if engine not in ("auto", "memory", "streamed"):
-        raise ValueError(f"engine must be auto, memory or streamed, got {engine!r}")
-    if engine != "memory":
-        from simulations.streamed import run_trial_streamed, streamable
+    if resolve_engine(provers, engine) == "streamed":
+        from simulations.streamed import run_trial_streamed
 
-        if engine == "streamed" or streamable(provers):
-            return run_trial_streamed(task, plan, provers, honest, seed)
+        return run_trial_streamed(task, plan, provers, honest, seed)
     eps = np.broadcast_to(np.asarray(plan.epsilon, dtype=np.float64), (task.num_targets,))
     sample = sample_tuples(task, plan.pairs_per_level, plan.rho, derive_rng(seed, "E"), honest)
     mse = MseSample(task, (seed, "M"))

@@ -30,6 +30,7 @@ from simulations.montecarlo import (
     ProverModel,
     cell_plan,
     require_exact_synthetic,
+    resolve_engine,
     run_trial,
     scale_for_err,
     true_err,
@@ -202,6 +203,7 @@ def run_cells(
                 {
                     "cell": cell.key(),
                     "trial": i,
+                    "engine": resolve_engine(list(cell.provers)),
                     "seconds": round(time.monotonic() - started, 3),
                     "outcomes": [asdict(o) for o in outcomes],
                 },

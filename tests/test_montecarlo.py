@@ -198,6 +198,8 @@ def test_grid_resumes_without_redoing_trials(tmp_path: Path) -> None:
     trials = load_trials(path)[cell.key()]
     assert sorted(trials) == [0, 1, 2]
     assert path.read_text().splitlines()[:2] == first
+    # every record names the engine that made it (an answer attack keeps the trial in memory)
+    assert {json.loads(line)["engine"] for line in first} == {"memory"}
     rows = summarise([cell], path)
     assert rows[0]["trials"] == 3
     assert rows[1]["reject_kinds"] == {"spot-check": 3}

@@ -18,6 +18,7 @@ from simulations.montecarlo import (
     derive_rng,
     lie_gains,
     require_exact_synthetic,
+    resolve_engine,
     run_trial,
     sample_tuples,
     scale_for_err,
@@ -123,6 +124,9 @@ def test_streamed_trials_are_the_in_memory_trials(task) -> None:
 def test_auto_streams_only_without_answer_attacks(task) -> None:
     assert streamable([ProverModel("honest"), ProverModel("targeted", 0.5)])
     assert not streamable([ProverModel("honest"), ProverModel("lazy", 0.001)])
+    assert resolve_engine([ProverModel("honest"), ProverModel("targeted", 0.5)]) == "streamed"
+    assert resolve_engine([ProverModel("honest"), ProverModel("lazy", 0.001)]) == "memory"
+    assert resolve_engine([ProverModel("honest")], "memory") == "memory"
     h = honest_attribution(task)
     plan = cell_plan(task, 1.0, 0.05, "streamed-test", 20_000)
     with pytest.raises(ValueError, match="answer attacks"):
