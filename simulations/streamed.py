@@ -58,9 +58,9 @@ from simulations.montecarlo import (
 from verifier.practical_flow import run_sequential_mse
 
 #: Provers the streamed engine judges (everything but the answer attacks).
+STREAMED_PROVERS = frozenset({"honest", "scale", "boost", "noise", "intercept", "weak", "targeted"})
 #: Tuples per block of the compiled pass (the block's member bits stay in cache).
 _BLOCK = 256
-STREAMED_PROVERS = frozenset({"honest", "scale", "boost", "noise", "intercept", "weak", "targeted"})
 #: _SPREAD[v]: the 8 bits of v as 8 bytes of 0/1, bit r in byte r (little-endian).
 _SPREAD = np.array(
     [sum(((v >> r) & 1) << (8 * r) for r in range(8)) for v in range(256)], dtype=np.uint64
@@ -131,27 +131,27 @@ def _tuple_pass(
             for b in range(nbytes):
                 xb = np.uint64(xp[j, b])
                 yb = np.uint64(y0p[j, b])
-                c1 = np.uint64(0)
-                c2 = np.uint64(0)
+                near = np.uint64(0)  # columns where yρ takes x
+                far = np.uint64(0)  # columns where y2ρ takes x
                 for k in range(min(8, c - 8 * b)):
                     v = coin[j, 8 * b + k]
-                    c1 |= np.uint64(v < lo) << np.uint64(7 - k)
-                    c2 |= np.uint64(v < hi) << np.uint64(7 - k)
+                    near |= np.uint64(v < lo) << np.uint64(7 - k)
+                    far |= np.uint64(v < hi) << np.uint64(7 - k)
                 at = b * _BLOCK + jj
                 packed8[at] = xb
                 packed8[rows + at] = yb
-                packed8[2 * rows + at] = (xb & c1) | (yb & (c1 ^ np.uint64(255)))
-                packed8[3 * rows + at] = (xb & c2) | (yb & (c2 ^ np.uint64(255)))
+                packed8[2 * rows + at] = (xb & near) | (yb & (near ^ np.uint64(255)))
+                packed8[3 * rows + at] = (xb & far) | (yb & (far ^ np.uint64(255)))
         # 2. to column-major: 8 tuples × 8 columns at a time, an 8×8 bit transpose, then each
         #    column's byte spread to 8 bytes of 0/1.
         for q in range(4):
             for b in range(nbytes):
                 kmax = min(8, c - 8 * b)
-                for w in range((nb + 7) // 8):
-                    x = _transpose8(packed[(q * nbytes + b) * words + w])
+                for word in range((nb + 7) // 8):
+                    x = _transpose8(packed[(q * nbytes + b) * words + word])
                     for k in range(kmax):
                         byte = (x >> np.uint64(8 * (7 - k))) & np.uint64(255)
-                        wide[((8 * b + k) * 4 + q) * words + w] = _SPREAD[byte]
+                        wide[((8 * b + k) * 4 + q) * words + word] = _SPREAD[byte]
         for t in range(z):
             for q in range(4):
                 for jj in range(nb):
