@@ -141,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
             mc.add_argument("--epsilons", type=_floats, default=(0.2, 0.1, 0.05))
             mc.add_argument("--ns", type=_floats, default=(100, 10_000))
             mc.add_argument("--zs", type=_floats, default=(1, 10))
+            mc.add_argument(
+                "--draws",
+                type=int,
+                choices=(1, 2),
+                default=None,
+                help="draw version of every cell (default: 1 for the cells committed with it, "
+                "else 2; docs/validity.md)",
+            )
         else:
             mc.add_argument("--epsilon", type=float, default=0.2)
     return parser
@@ -343,7 +351,7 @@ def _montecarlo(args: argparse.Namespace) -> int:
         eps = (QUICK_MC["epsilon"],) if args.quick else args.epsilons
         ns = (100,) if args.quick else tuple(int(n) for n in args.ns)
         zs = (1,) if args.quick else tuple(int(z) for z in args.zs)
-        cells = validity_cells(eps, ns, zs, args.delta)
+        cells = validity_cells(eps, ns, zs, args.delta, args.draws)
     else:
         cells = catalogue_cells(args.epsilon, args.delta)  # --quick: fewer trials, same ε
     progress: Any = None

@@ -40,8 +40,10 @@ import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
+import numba
 import numpy as np
 
 from protocol.challenges import MEMBERS_PER_TUPLE
@@ -66,6 +68,18 @@ NAIVE_SAMPLES = 4_000
 CHUNK_TUPLES = 250_000
 #: Pilot tuples used to size each cell's plan (seeded; sizing only, never a guarantee).
 PILOT_TUPLES = 512
+#: Draw versions of the challenge tuples: the same law, different streams (a cell's key names
+#: any version but 1, so trials of two versions are never mixed).
+#: 1: row-major, a uint16 (or float) coupling coin per tuple and support column.
+#: 2: bit-sliced, 64 tuples per uint64 word and column (:func:`tuple_words`), about 1/8 of the
+#:    random words of version 1 and no per-bit work in the pass.
+DRAW_VERSIONS = (1, 2)
+#: Binary digits of a probability kept for the bit-serial Bernoulli draw (see bernoulli_words).
+_DIGITS = 256
+_ALL_LANES = np.uint64(2**64 - 1)
+#: Random words drawn per block by bernoulli_words (larger blocks are slower to allocate). The
+#: block sizes decide which words each lane consumes: they are part of draw version 2.
+_RAW_BLOCK = 1 << 20
 #: Answer attacks: members they tamper with, and what a check of one of them exposes.
 ANSWER_ATTACKS = ("lazy", "wrong-subset", "wrong-seed", "replay", "equivocate", "fp-noise")
 
@@ -130,6 +144,139 @@ def bernoulli_packed(rng: np.random.Generator, p: float, shape: tuple[int, int])
 
 def _bernoulli(rng: np.random.Generator, p: float, shape: tuple[int, int]) -> np.ndarray:
     return np.unpackbits(bernoulli_packed(rng, p, shape), axis=1, count=shape[1]).astype(bool)
+
+
+def check_draws(draws: int) -> int:
+    """``draws`` if it is a known draw version; else raise ``ValueError``."""
+    if draws not in DRAW_VERSIONS:
+        raise ValueError(f"draws must be one of {DRAW_VERSIONS}, got {draws!r}")
+    return draws
+
+
+def _binary_digits(q: Fraction) -> tuple[list[bool], bool]:
+    """The first ``_DIGITS`` binary digits of q ∈ (0, 1), and whether the expansion ends there."""
+    num, den = q.numerator, q.denominator
+    digits = []
+    for _ in range(_DIGITS):
+        num *= 2
+        digits.append(num >= den)
+        if num >= den:
+            num -= den
+        if num == 0:
+            return digits, True
+    return digits, False
+
+
+@numba.njit(cache=True, nogil=True)
+def _bit_serial(
+    digits: np.ndarray, live: np.ndarray, out: np.ndarray, buf: np.ndarray, word: int, level: int
+) -> tuple[int, int]:
+    """Decide words ``word``, ``word + 1``, … of :func:`bernoulli_words` with the random words of
+    ``buf`` in order, resuming word ``word`` at digit ``level``; returns where ``buf`` ran out
+    (``(len(out), 0)`` when every word is done). ``live`` keeps each word's undecided lanes."""
+    pos = 0
+    while word < out.shape[0]:
+        u = live[word]
+        o = out[word]
+        while u != 0 and level < digits.shape[0]:
+            if pos == buf.shape[0]:
+                live[word] = u
+                out[word] = o
+                return word, level
+            r = buf[pos]
+            pos += 1
+            if digits[level]:
+                o |= u & ~r
+                u &= r
+            else:
+                u &= ~r
+            level += 1
+        live[word] = u
+        out[word] = o
+        word += 1
+        level = 0
+    return word, 0
+
+
+def bernoulli_words(
+    rng: np.random.Generator,
+    q: Fraction,
+    rows: int,
+    lanes: int,
+    only: np.ndarray | None = None,
+) -> np.ndarray:
+    """(rows, ⌈lanes/64⌉) uint64 words whose bit l of word w (lane 64w + l < ``lanes``) is 1 with
+    probability exactly q, independently; bits past ``lanes`` are 0, and so are the bits where
+    the words ``only`` (same shape), when given, are 0 (those lanes are not drawn).
+
+    Each lane compares a uniform v ∈ [0, 1) with q digit by digit, 64 lanes at a time: a word
+    takes one random word per digit until all its lanes are decided, a lane at the first digit
+    where its random bit differs from q's (v < q where q's digit is 1 and the bit 0). So the law
+    is exact for any rational q, and a word costs about 8 random words (1 at q = 1/2) instead of
+    64 coins. The random words come from ``rng`` in blocks, consumed in word order, so the
+    result is a function of the generator's state. Raises ``RuntimeError`` if a lane is still
+    undecided after 256 digits of a non-terminating q (probability below 2⁻²⁰⁰ per call)."""
+    words = -(-int(lanes) // 64)
+    live = np.full((rows, words), _ALL_LANES)
+    if lanes % 64:
+        live[:, -1] = np.uint64((1 << (lanes % 64)) - 1)
+    if only is not None:
+        live &= only
+    if q >= 1:
+        return live
+    out = np.zeros(rows * words, np.uint64)
+    if q <= 0:
+        return out.reshape(rows, words)
+    bits, ends = _binary_digits(q)
+    digits = np.array(bits, dtype=np.bool_)
+    live = live.reshape(-1)
+    word, level = 0, 0
+    while word < out.size:
+        need = min(_RAW_BLOCK, max(4096, min(len(bits), 9) * (out.size - word)))
+        buf = rng.bit_generator.random_raw(need)
+        word, level = _bit_serial(digits, live, out, buf, word, level)
+    if not ends and live.any():
+        raise RuntimeError("bit-serial Bernoulli draw left a lane undecided after 256 digits")
+    return out.reshape(rows, words)
+
+
+def coin_fraction(rho: float) -> Fraction:
+    """2ρ as an exact fraction: k/1000 when 1000ρ is an integer (as :func:`coin_draw`), else the
+    float's exact value."""
+    scaled = rho * 1000.0
+    if abs(scaled - round(scaled)) < 1e-9:
+        return Fraction(2 * round(scaled), 1000)
+    return Fraction(2.0 * float(rho))
+
+
+def tuple_words(
+    rng: np.random.Generator, p: float, rho: float, columns: int, tuples: int
+) -> np.ndarray:
+    """Draw version 2 of ``tuples`` coupled tuples on ``columns`` support columns: (4, columns,
+    ⌈tuples/64⌉) uint64 member words in role order (x, y0, yρ, y2ρ), bit l of word w = tuple
+    64w + l.
+
+    Guarantee: the law of :func:`sample_tuples`'s version 1 (that of ``ChallengeSpec``): x and
+    y0 are independent B_p; a column's coin is "far" (y2ρ takes x) with probability 2ρ, and "near"
+    (yρ takes x too) with probability ρ, near only where far; elsewhere yρ, y2ρ take y0. Draws x,
+    then y0, then far (:func:`bernoulli_words` at 2ρ), then a fair bit that makes far near.
+
+    The coin is drawn only where x ≠ y0: where they agree every member is x whatever the coin
+    says, so leaving it undrawn there changes no member and keeps the law."""
+    x = bernoulli_words(rng, Fraction(p), columns, tuples)
+    y0 = bernoulli_words(rng, Fraction(p), columns, tuples)
+    differ = x ^ y0
+    far = bernoulli_words(rng, coin_fraction(rho), columns, tuples, only=differ)
+    near = far & bernoulli_words(rng, Fraction(1, 2), columns, tuples, only=far)
+    return np.stack([x, y0, (x & near) | (y0 & ~near), (x & far) | (y0 & ~far)])
+
+
+def unpack_words(words: np.ndarray, tuples: int) -> np.ndarray:
+    """(…, columns, W) member words as (…, tuples, columns) bool masks (bit l of word w = row
+    64w + l)."""
+    little = words.astype("<u8", copy=False)
+    bits = np.unpackbits(little.view(np.uint8), axis=-1, bitorder="little")[..., :tuples]
+    return np.swapaxes(bits, -1, -2).astype(bool)
 
 
 @dataclass
@@ -229,14 +376,17 @@ def sample_tuples(
     rho: float,
     rng: np.random.Generator,
     honest: Attribution,
+    draws: int = 1,
 ) -> TupleSample:
     """Draw ``num_tuples`` coupled tuples on the support columns and evaluate f on every member.
 
     Guarantee: the rows have the joint law of the protocol's challenge members for this task
-    (module docstring); f agrees with :meth:`SyntheticTask.evaluate` on the full rows up to
-    summation order (:class:`SupportEvaluator`).
+    (module docstring) under either draw version (``draws``, see ``DRAW_VERSIONS``); f agrees
+    with :meth:`SyntheticTask.evaluate` on the full rows up to summation order
+    (:class:`SupportEvaluator`).
     """
     _check_exact(task, honest)
+    check_draws(draws)
     n, c = int(num_tuples), len(task.support_columns)
     z = task.num_targets
     f = np.empty((MEMBERS_PER_TUPLE * n, z))
@@ -245,11 +395,15 @@ def sample_tuples(
     coin = _coin_sampler(rho, rng)
     for start in range(0, n, CHUNK_TUPLES):
         m = min(CHUNK_TUPLES, n - start)
-        x = _bernoulli(rng, task.p, (m, c))
-        y0 = _bernoulli(rng, task.p, (m, c))
-        keep_r, keep_2r = coin((m, c))
+        if draws == 2:
+            roles = tuple(unpack_words(tuple_words(rng, task.p, rho, c, m), m))
+        else:
+            x = _bernoulli(rng, task.p, (m, c))
+            y0 = _bernoulli(rng, task.p, (m, c))
+            keep_r, keep_2r = coin((m, c))
+            roles = (x, y0, np.where(keep_r, x, y0), np.where(keep_2r, x, y0))
         rows = slice(MEMBERS_PER_TUPLE * start, MEMBERS_PER_TUPLE * (start + m))
-        for role, masks in enumerate((x, y0, np.where(keep_r, x, y0), np.where(keep_2r, x, y0))):
+        for role, masks in enumerate(roles):
             f[rows][role::MEMBERS_PER_TUPLE], g[rows][role::MEMBERS_PER_TUPLE] = evaluate(masks)
     return TupleSample(f=f, honest_g=g, rho=float(rho))
 
@@ -554,8 +708,10 @@ def run_trial(
     honest: Attribution,
     seed: Any,
     engine: str = "auto",
+    draws: int = 1,
 ) -> list[Outcome]:
-    """One trial: one tuple sample and one M, judged for every prover model.
+    """One trial: one tuple sample (draw version ``draws``) and one M, judged for every prover
+    model.
 
     Guarantee: each verdict is the practical verifier's (residual interval, sequential MSE,
     decision) on what that prover reports, after the spot-check draw; nothing is accepted that the
@@ -566,9 +722,11 @@ def run_trial(
     if resolve_engine(provers, engine) == "streamed":
         from simulations.streamed import run_trial_streamed
 
-        return run_trial_streamed(task, plan, provers, honest, seed)
+        return run_trial_streamed(task, plan, provers, honest, seed, draws)
     eps = np.broadcast_to(np.asarray(plan.epsilon, dtype=np.float64), (task.num_targets,))
-    sample = sample_tuples(task, plan.pairs_per_level, plan.rho, derive_rng(seed, "E"), honest)
+    sample = sample_tuples(
+        task, plan.pairs_per_level, plan.rho, derive_rng(seed, "E"), honest, draws
+    )
     mse = MseSample(task, (seed, "M"))
     members = sample.f.shape[0]
     context = AttackContext(epsilon=float(eps.min()), lie_allowance=plan.lie_allowance, seed=0)

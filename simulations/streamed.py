@@ -46,6 +46,7 @@ from simulations.montecarlo import (
     ProverModel,
     _check_exact,
     bernoulli_packed,
+    check_draws,
     coin_draw,
     derive_rng,
     fewest_lies,
@@ -54,12 +55,14 @@ from simulations.montecarlo import (
     lie_goal,
     naive_accept,
     prover_attribution,
+    tuple_words,
 )
 from verifier.practical_flow import run_sequential_mse
 
 #: Provers the streamed engine judges (everything but the answer attacks).
 STREAMED_PROVERS = frozenset({"honest", "scale", "boost", "noise", "intercept", "weak", "targeted"})
-#: Tuples per block of the compiled pass (the block's member bits stay in cache).
+#: Tuples per block of the compiled pass (the block's member bits stay in cache); a multiple of
+#: 64, so a block of draw version 2 starts on a word.
 _BLOCK = 256
 #: _SPREAD[v]: the 8 bits of v as 8 bytes of 0/1, bit r in byte r (little-endian).
 _SPREAD = np.array(
@@ -76,6 +79,100 @@ def _transpose8(x: np.uint64) -> np.uint64:
     x = x ^ t ^ (t << np.uint64(14))
     t = (x ^ (x >> np.uint64(28))) & np.uint64(0x00000000F0F0F0F0)
     return x ^ t ^ (t << np.uint64(28))
+
+
+@numba.njit(cache=True, nogil=True)
+def _block_terms(
+    bits: np.ndarray,
+    acc: np.ndarray,
+    j0: int,
+    nb: int,
+    cols: np.ndarray,
+    deg: np.ndarray,
+    weight: np.ndarray,
+    target: np.ndarray,
+    fhat0: np.ndarray,
+    yhi: float,
+    ylo: float,
+    coef_a: float,
+    coef_b: float,
+    coef_c: float,
+    bound: float,
+    f_out: np.ndarray,
+    r_out: np.ndarray,
+    gain_out: np.ndarray,
+) -> float:
+    """One block of ``nb`` tuples starting at tuple ``j0``, from its member bits (``bits[column,
+    role, tuple]``, 0/1 bytes): f on all four members (sum of weight·Π φ over the terms, in the
+    task's term order), r_j per target, and each member's lie gain summed over targets (the rise
+    of r_j when that member alone reports its best value in ±b, as
+    :func:`simulations.montecarlo.lie_gains`). Returns max |f| over the block.
+
+    Each term's update runs over a contiguous block of tuples (vectorised), with φ chosen by a
+    select, never a data-dependent branch."""
+    z = fhat0.shape[0]
+    nterm = weight.shape[0]
+    biggest = 0.0
+    for t in range(z):
+        for q in range(4):
+            for jj in range(nb):
+                acc[t, q, jj] = fhat0[t]
+    for k in range(nterm):
+        t = target[k]
+        w = weight[k]
+        c0 = cols[k, 0]
+        d = deg[k]
+        if d == 1:
+            for q in range(4):
+                for jj in range(nb):
+                    acc[t, q, jj] += w * (yhi if bits[c0, q, jj] else ylo)
+        elif d == 2:
+            c1 = cols[k, 1]
+            for q in range(4):
+                for jj in range(nb):
+                    acc[t, q, jj] += (w * (yhi if bits[c0, q, jj] else ylo)) * (
+                        yhi if bits[c1, q, jj] else ylo
+                    )
+        else:
+            c1 = cols[k, 1]
+            c2 = cols[k, 2]
+            for q in range(4):
+                for jj in range(nb):
+                    acc[t, q, jj] += (
+                        (w * (yhi if bits[c0, q, jj] else ylo)) * (yhi if bits[c1, q, jj] else ylo)
+                    ) * (yhi if bits[c2, q, jj] else ylo)
+    for jj in range(nb):
+        j = j0 + jj
+        g0 = 0.0
+        g1 = 0.0
+        g2 = 0.0
+        g3 = 0.0
+        for t in range(z):
+            u = acc[t, 0, jj]
+            v0 = acc[t, 1, jj]
+            w = acc[t, 2, jj]
+            s = acc[t, 3, jj]
+            f_out[4 * j, t] = u
+            f_out[4 * j + 1, t] = v0
+            f_out[4 * j + 2, t] = w
+            f_out[4 * j + 3, t] = s
+            biggest = max(biggest, abs(u), abs(v0), abs(w), abs(s))
+            r = 0.5 * (u * u + v0 * v0) + u * (coef_a * v0 - coef_b * w + coef_c * s)
+            r_out[j, t] = r
+            k0 = coef_a * v0 - coef_b * w + coef_c * s
+            nu = bound if k0 >= 0 else -bound
+            g0 += 0.5 * (nu * nu + v0 * v0) + nu * k0 - r
+            nv = bound if coef_a * u >= 0 else -bound
+            g1 += 0.5 * (u * u + nv * nv) + u * (coef_a * nv - coef_b * w + coef_c * s) - r
+            nw = -bound if u >= 0 else bound
+            g2 += 0.5 * (u * u + v0 * v0) + u * (coef_a * v0 - coef_b * nw + coef_c * s) - r
+            ns = bound if u >= 0 else -bound
+            g3 += 0.5 * (u * u + v0 * v0) + u * (coef_a * v0 - coef_b * w + coef_c * ns) - r
+        gain_out[4 * j] = g0
+        gain_out[4 * j + 1] = g1
+        gain_out[4 * j + 2] = g2
+        gain_out[4 * j + 3] = g3
+    return biggest
 
 
 @numba.njit(cache=True, nogil=True)
@@ -100,19 +197,15 @@ def _tuple_pass(
     r_out: np.ndarray,
     gain_out: np.ndarray,
 ) -> float:
-    """One chunk: member bits from the packed draws and the coin, f on all four members (sum of
-    weight·Π φ over the terms), r_j per target, and each member's lie gain summed over targets
-    (the rise of r_j when that member alone reports its best value in ±b, as
-    :func:`simulations.montecarlo.lie_gains`). Returns max |f| over the chunk.
+    """One chunk of draw version 1 (:func:`simulations.montecarlo.sample_tuples`): member bits
+    from the packed draws and the coin, then :func:`_block_terms` per block of ``_BLOCK`` tuples.
+    Returns max |f| over the chunk.
 
-    Tuples go in blocks of ``_BLOCK``. The members' bits are first formed byte by byte (eight
-    columns at once, bitwise) and then turned column-major by 8×8 bit transposes, so each term's
-    update runs over a contiguous block of tuples (vectorised), with φ chosen by a select, never a
-    data-dependent branch. Every f is summed term by term in the task's term order."""
+    The members' bits are first formed byte by byte (eight columns at once, bitwise) and then
+    turned column-major by 8×8 bit transposes."""
     m = xp.shape[0]
     c = coin.shape[1]
     z = fhat0.shape[0]
-    nterm = weight.shape[0]
     nbytes = xp.shape[1]
     words = _BLOCK // 8
     rows = nbytes * _BLOCK
@@ -152,66 +245,60 @@ def _tuple_pass(
                     for k in range(kmax):
                         byte = (x >> np.uint64(8 * (7 - k))) & np.uint64(255)
                         wide[((8 * b + k) * 4 + q) * words + word] = _SPREAD[byte]
-        for t in range(z):
+        biggest = max(
+            biggest,
+            _block_terms(bits, acc, j0, nb, cols, deg, weight, target, fhat0, yhi, ylo,
+                         coef_a, coef_b, coef_c, bound, f_out, r_out, gain_out),
+        )  # fmt: skip
+    return biggest
+
+
+@numba.njit(cache=True, nogil=True)
+def _word_pass(
+    words: np.ndarray,
+    m: int,
+    cols: np.ndarray,
+    deg: np.ndarray,
+    weight: np.ndarray,
+    target: np.ndarray,
+    fhat0: np.ndarray,
+    yhi: float,
+    ylo: float,
+    coef_a: float,
+    coef_b: float,
+    coef_c: float,
+    bound: float,
+    f_out: np.ndarray,
+    r_out: np.ndarray,
+    gain_out: np.ndarray,
+) -> float:
+    """One chunk of draw version 2 (:func:`simulations.montecarlo.tuple_words`): the member
+    words ``words[role, column, w]`` (bit l of word w = tuple 64w + l) are already
+    column-major, so each block only spreads them to 0/1 bytes before :func:`_block_terms`.
+    Returns max |f| over the chunk's ``m`` tuples."""
+    c = words.shape[1]
+    z = fhat0.shape[0]
+    sub = _BLOCK // 8
+    wide = np.zeros(c * 4 * sub, np.uint64)  # member bits as 0/1 bytes, [column, role, tuple]
+    bits = wide.view(np.uint8).reshape((c, 4, _BLOCK))
+    acc = np.empty((z, 4, _BLOCK))
+    biggest = 0.0
+    for j0 in range(0, m, _BLOCK):
+        nb = min(_BLOCK, m - j0)
+        w0 = j0 // 64
+        for col in range(c):
             for q in range(4):
-                for jj in range(nb):
-                    acc[t, q, jj] = fhat0[t]
-        for k in range(nterm):
-            t = target[k]
-            w = weight[k]
-            c0 = cols[k, 0]
-            d = deg[k]
-            if d == 1:
-                for q in range(4):
-                    for jj in range(nb):
-                        acc[t, q, jj] += w * (yhi if bits[c0, q, jj] else ylo)
-            elif d == 2:
-                c1 = cols[k, 1]
-                for q in range(4):
-                    for jj in range(nb):
-                        acc[t, q, jj] += (w * (yhi if bits[c0, q, jj] else ylo)) * (
-                            yhi if bits[c1, q, jj] else ylo
-                        )
-            else:
-                c1 = cols[k, 1]
-                c2 = cols[k, 2]
-                for q in range(4):
-                    for jj in range(nb):
-                        acc[t, q, jj] += (
-                            (w * (yhi if bits[c0, q, jj] else ylo))
-                            * (yhi if bits[c1, q, jj] else ylo)
-                        ) * (yhi if bits[c2, q, jj] else ylo)
-        for jj in range(nb):
-            j = j0 + jj
-            g0 = 0.0
-            g1 = 0.0
-            g2 = 0.0
-            g3 = 0.0
-            for t in range(z):
-                u = acc[t, 0, jj]
-                v0 = acc[t, 1, jj]
-                w = acc[t, 2, jj]
-                s = acc[t, 3, jj]
-                f_out[4 * j, t] = u
-                f_out[4 * j + 1, t] = v0
-                f_out[4 * j + 2, t] = w
-                f_out[4 * j + 3, t] = s
-                biggest = max(biggest, abs(u), abs(v0), abs(w), abs(s))
-                r = 0.5 * (u * u + v0 * v0) + u * (coef_a * v0 - coef_b * w + coef_c * s)
-                r_out[j, t] = r
-                k0 = coef_a * v0 - coef_b * w + coef_c * s
-                nu = bound if k0 >= 0 else -bound
-                g0 += 0.5 * (nu * nu + v0 * v0) + nu * k0 - r
-                nv = bound if coef_a * u >= 0 else -bound
-                g1 += 0.5 * (u * u + nv * nv) + u * (coef_a * nv - coef_b * w + coef_c * s) - r
-                nw = -bound if u >= 0 else bound
-                g2 += 0.5 * (u * u + v0 * v0) + u * (coef_a * v0 - coef_b * nw + coef_c * s) - r
-                ns = bound if u >= 0 else -bound
-                g3 += 0.5 * (u * u + v0 * v0) + u * (coef_a * v0 - coef_b * w + coef_c * ns) - r
-            gain_out[4 * j] = g0
-            gain_out[4 * j + 1] = g1
-            gain_out[4 * j + 2] = g2
-            gain_out[4 * j + 3] = g3
+                base = (col * 4 + q) * sub
+                for i in range((nb + 63) // 64):
+                    word = words[q, col, w0 + i]
+                    for b in range(8):
+                        byte = (word >> np.uint64(8 * b)) & np.uint64(255)
+                        wide[base + 8 * i + b] = _SPREAD[byte]
+        biggest = max(
+            biggest,
+            _block_terms(bits, acc, j0, nb, cols, deg, weight, target, fhat0, yhi, ylo,
+                         coef_a, coef_b, coef_c, bound, f_out, r_out, gain_out),
+        )  # fmt: skip
     return biggest
 
 
@@ -262,19 +349,22 @@ def stream_tuples(
     rng: np.random.Generator,
     honest: Attribution,
     keep_top: int = 0,
+    draws: int = 1,
 ) -> StreamedSample:
     """Draw ``num_tuples`` coupled tuples exactly as :func:`simulations.montecarlo.sample_tuples`
-    (same generator calls in the same order) and keep their residual moments and the
-    ``keep_top`` members with the largest lie gains.
+    (same draw version, same generator calls in the same order) and keep their residual moments
+    and the ``keep_top`` members with the largest lie gains.
 
     Guarantee: ``mean`` and ``sample_sd`` equal those of ``residual_samples(sample_tuples(...).f)``
     on the same generator state up to summation order; raises ``ValueError`` if any f-value leaves
     [−b, b] (which the exact task never does)."""
     _check_exact(task, honest)
+    check_draws(draws)
     n, c, z = int(num_tuples), len(task.support_columns), task.num_targets
     cols, deg, weight, target = _terms(task)
     coef_a, coef_b, coef_c = residual_coefficients(rho)
     bound = float(task.output_bound)
+    fhat0 = np.asarray(task.fhat_empty, dtype=np.float64)
     draw_coin, lo, hi = coin_draw(rho, rng)
     chunk = min(CHUNK_TUPLES, n)
     f_buf = np.empty((MEMBERS_PER_TUPLE * chunk, z))
@@ -286,13 +376,15 @@ def stream_tuples(
     top_f = np.zeros((0, MEMBERS_PER_TUPLE, z))
     for start in range(0, n, CHUNK_TUPLES):
         m = min(CHUNK_TUPLES, n - start)
-        xp = bernoulli_packed(rng, task.p, (m, c))
-        y0p = bernoulli_packed(rng, task.p, (m, c))
-        coin = draw_coin((m, c))
         f, r, g = f_buf[: MEMBERS_PER_TUPLE * m], r_buf[:m], g_buf[: MEMBERS_PER_TUPLE * m]
-        biggest = _tuple_pass(xp, y0p, coin, lo, hi, cols, deg, weight, target,
-                              np.asarray(task.fhat_empty, dtype=np.float64), task._hi, task._lo,
-                              coef_a, coef_b, coef_c, bound, f, r, g)  # fmt: skip
+        terms = (cols, deg, weight, target, fhat0, task._hi, task._lo, coef_a, coef_b, coef_c,
+                 bound, f, r, g)  # fmt: skip
+        if draws == 2:
+            biggest = _word_pass(tuple_words(rng, task.p, rho, c, m), m, *terms)
+        else:
+            xp = bernoulli_packed(rng, task.p, (m, c))
+            y0p = bernoulli_packed(rng, task.p, (m, c))
+            biggest = _tuple_pass(xp, y0p, draw_coin((m, c)), lo, hi, *terms)
         if biggest > bound:
             raise ValueError(f"f-value {biggest!r} outside [-b, b] (b = {bound!r})")
         c_mean = r.mean(axis=0)
@@ -360,6 +452,7 @@ def run_trial_streamed(
     provers: list[ProverModel],
     honest: Attribution,
     seed: Any,
+    draws: int = 1,
 ) -> list[Outcome]:
     """One trial, judged as :func:`simulations.montecarlo.run_trial` judges it (same draws, same
     protocol code for the interval, the sequential MSE and the decision), streaming the tuples.
@@ -374,7 +467,7 @@ def run_trial_streamed(
         m_star if any(p.name != "honest" and resolve(p.name) == "targeted" for p in provers) else 0
     )
     sample = stream_tuples(task, plan.pairs_per_level, plan.rho, derive_rng(seed, "E"), honest,
-                           keep_top=keep)  # fmt: skip
+                           keep_top=keep, draws=draws)  # fmt: skip
     mse = MseSample(task, (seed, "M"))
     members = MEMBERS_PER_TUPLE * sample.num_tuples
     context = AttackContext(epsilon=float(eps.min()), lie_allowance=plan.lie_allowance, seed=0)

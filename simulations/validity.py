@@ -29,6 +29,7 @@ from simulations.montecarlo import (
     PILOT_TUPLES,
     ProverModel,
     cell_plan,
+    check_draws,
     require_exact_synthetic,
     resolve_engine,
     run_trial,
@@ -57,15 +58,30 @@ class GridCell:
     label: str = ""
     #: Tuples of the seeded sizing pilot (more tuples: sizes closer to the real need).
     pilot_tuples: int = PILOT_TUPLES
+    #: Draw version of the challenge tuples (``simulations.montecarlo.DRAW_VERSIONS``).
+    draws: int = 1
 
     def key(self) -> str:
-        """Stable key of the cell (task, ε, δ, provers, pilot size): trials of other cells are
-        never mixed."""
+        """Stable key of the cell (task, ε, δ, provers, pilot size, draw version): trials of
+        other cells are never mixed."""
         parts: list[Any] = [self.task, self.epsilon, self.delta, [asdict(p) for p in self.provers]]
         if self.pilot_tuples != PILOT_TUPLES:
             parts.append(self.pilot_tuples)
+        if check_draws(self.draws) != 1:
+            parts.append(["draws", self.draws])
         raw = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+#: (ε, N, Z) of the cells whose committed trials (docs/validity) were made with draw version 1:
+#: they keep it, so their keys and trials stay valid. Every other cell draws with version 2.
+DRAWS_1_CELLS = frozenset(
+    (eps, n, z)
+    for eps in (0.2, 0.1, 0.05)
+    for n in (100, 10_000)
+    for z in (1, 10)
+    if (eps, n, z) != (0.05, 10_000, 10)
+)
 
 
 def validity_cells(
@@ -73,9 +89,11 @@ def validity_cells(
     ns: Iterable[int] = (100, 10_000),
     zs: Iterable[int] = (1, 10),
     delta: float = DELTA,
+    draws: int | None = None,
 ) -> list[GridCell]:
     """The #4 grid: per (ε, N, Z) the honest prover, scaling with err = ε and = 2ε exactly, and the
-    targeted few-lies attack with err = ε."""
+    targeted few-lies attack with err = ε. ``draws`` sets every cell's draw version; by default
+    the cells in ``DRAWS_1_CELLS`` keep version 1 and the others use version 2."""
     cells = []
     for eps in epsilons:
         for n in ns:
@@ -90,7 +108,8 @@ def validity_cells(
                     ProverModel("targeted", round(s1, 12)),
                 )
                 label = f"ε={eps:g} N={n} Z={z}"
-                cells.append(GridCell(sel, eps, delta, provers, label, VALIDITY_PILOT))
+                version = draws if draws is not None else 1 if (eps, n, z) in DRAWS_1_CELLS else 2
+                cells.append(GridCell(sel, eps, delta, provers, label, VALIDITY_PILOT, version))
     return cells
 
 
@@ -197,13 +216,15 @@ def run_cells(
             if i in have:
                 continue
             started = time.monotonic()
-            outcomes = run_trial(task, plan, list(cell.provers), honest, (seed, cell.key(), i))
+            outcomes = run_trial(task, plan, list(cell.provers), honest, (seed, cell.key(), i),
+                                 draws=cell.draws)  # fmt: skip
             _append(
                 path,
                 {
                     "cell": cell.key(),
                     "trial": i,
                     "engine": resolve_engine(list(cell.provers)),
+                    "draws": cell.draws,
                     "seconds": round(time.monotonic() - started, 3),
                     "outcomes": [asdict(o) for o in outcomes],
                 },
@@ -241,6 +262,7 @@ def summarise(cells: list[GridCell], path: Path, trials: int | None = None) -> l
                 {
                     "cell": cell.label,
                     "task": cell.task,
+                    "draws": cell.draws,
                     "adversary": model.name,
                     "strength": model.strength,
                     "prover": model.label,

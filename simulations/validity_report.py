@@ -17,8 +17,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     """One line per (cell, prover): acceptance with its 95% Wilson interval against the promise."""
     head = (
         "| cell | prover | err/ε | trials | accept (95% Wilson) | naive accept | rejections "
-        "| lies | ρ | tuples n | checks k | m* | mean \\|M\\| used | against the guarantee |\n"
-        "|---|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---|\n"
+        "| lies | ρ | tuples n | checks k | m* | mean \\|M\\| used | draws "
+        "| against the guarantee |\n"
+        "|---|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|\n"
     )
     lines = []
     for r in rows:
@@ -29,7 +30,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"{r['accept_rate']:.3f} [{r['accept_lower']:.3f}, {r['accept_upper']:.3f}] | "
             f"{r['naive_accept_rate']:.2f} | {_kinds(r)} | {r['mean_lies']:.0f} | {r['rho']:g} | "
             f"{r['tuples']:,} | {r['spot_checks']:,} | {r['lie_allowance']} | "
-            f"{r['mean_mse_samples']:,.0f} | {verdict_on_row(r)} |"
+            f"{r['mean_mse_samples']:,.0f} | {r.get('draws', 1)} | {verdict_on_row(r)} |"
         )
     return head + "\n".join(lines) + "\n"
 

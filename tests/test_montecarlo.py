@@ -4,6 +4,7 @@ the validity grid and the catch-rate catalogue (the full grids are in docs/valid
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,9 @@ from simulations.montecarlo import (
     SupportEvaluator,
     TupleSample,
     answer_attack,
+    bernoulli_words,
     cell_plan,
+    check_draws,
     derive_rng,
     lie_gains,
     require_exact_synthetic,
@@ -27,6 +30,7 @@ from simulations.montecarlo import (
     scale_for_err,
     targeted_lies,
     true_err,
+    unpack_words,
 )
 from simulations.sweep import honest_attribution
 from simulations.validity import (
@@ -64,12 +68,14 @@ def test_engine_refuses_tasks_where_the_shortcut_is_not_exact() -> None:
         require_exact_synthetic(object())
 
 
+@pytest.mark.parametrize("draws", [1, 2])
 @pytest.mark.parametrize("rho", [0.2, 0.137])  # integer-coin and float-coin paths
-def test_sampled_tuples_have_the_protocols_law(task, rho: float) -> None:
-    """E f(x)f(y_ℓ) = Σ_k B_k ℓ^k and E r = B≥2 + Σ_{k≥3} B_k ρ^{k−1}(2^{k−1} − 2), within 5 s.e."""
+def test_sampled_tuples_have_the_protocols_law(task, rho: float, draws: int) -> None:
+    """E f(x)f(y_ℓ) = Σ_k B_k ℓ^k and E r = B≥2 + Σ_{k≥3} B_k ρ^{k−1}(2^{k−1} − 2), within 5 s.e.,
+    under both draw versions."""
     h = honest_attribution(task)
     n = 60_000
-    s = sample_tuples(task, n, rho, derive_rng("law", rho), h)
+    s = sample_tuples(task, n, rho, derive_rng("law", rho), h, draws)
     weights = task.level_weights()  # (Z, 4): B_0..B_3
     fx, fy0, fyr, fy2r = (s.f[r::4] for r in range(4))
     for vals, level in ((fy0, 0.0), (fyr, rho), (fy2r, 2 * rho)):
@@ -81,6 +87,48 @@ def test_sampled_tuples_have_the_protocols_law(task, rho: float) -> None:
     expect = weights[:, 2] + weights[:, 3] + weights[:, 3] * rho**2 * (2**2 - 2)
     se = r.std(axis=0) / np.sqrt(n)
     assert np.all(np.abs(r.mean(axis=0) - expect) < 5 * se)
+
+
+@pytest.mark.parametrize(
+    "q", [Fraction(1, 2), Fraction(1, 5), Fraction(1, 10), Fraction(0.137), Fraction(3, 7)]
+)
+def test_bit_serial_bernoulli_has_probability_q(q: Fraction) -> None:
+    """Each lane is 1 with probability q (within 5 s.e. over 640,000 lanes), lanes are
+    uncorrelated (neighbouring lanes within 5 s.e. of q²), the same generator state gives the
+    same words, and bits past the lanes or outside ``only`` are 0."""
+    lanes = 64_003
+    words = bernoulli_words(np.random.default_rng(11), q, 10, lanes)
+    assert words.shape == (10, 1001)
+    assert np.array_equal(words, bernoulli_words(np.random.default_rng(11), q, 10, lanes))
+    assert int(np.max(words[:, -1] >> np.uint64(lanes % 64))) == 0
+    bits = unpack_words(words, lanes)  # (lanes, 10)
+    p = float(q)
+    se = np.sqrt(p * (1 - p) / bits.size)
+    assert abs(bits.mean() - p) < 5 * se, (bits.mean(), p)
+    pair = np.mean(bits[:-1] & bits[1:])
+    assert abs(pair - p * p) < 5 * np.sqrt(p * p * (1 - p * p) / bits[1:].size)
+    only = bernoulli_words(np.random.default_rng(12), Fraction(1, 2), 10, lanes)
+    masked = bernoulli_words(np.random.default_rng(13), q, 10, lanes, only=only)
+    assert not np.any(masked & ~only)
+    kept = unpack_words(masked, lanes)[unpack_words(only, lanes)]
+    assert abs(kept.mean() - p) < 5 * np.sqrt(p * (1 - p) / kept.size)
+    assert not bernoulli_words(np.random.default_rng(0), Fraction(0), 2, 70).any()
+    assert np.array_equal(
+        unpack_words(bernoulli_words(np.random.default_rng(0), Fraction(1), 2, 70), 70),
+        np.ones((70, 2), dtype=bool),
+    )
+
+
+def test_draw_versions_are_checked_and_keyed() -> None:
+    """An unknown draw version is refused; version 2 gives a cell another key (its trials are
+    never mixed with version 1's), version 1 keeps the committed keys."""
+    with pytest.raises(ValueError, match="draws must be one of"):
+        check_draws(3)
+    cell = GridCell("synthetic:n=20,z=1,p=0.5,seed=0", 1.0, 0.05, (ProverModel("honest"),), "x")
+    assert cell.key() != GridCell(*list(cell.__dict__.values())[:-1], draws=2).key()
+    assert {c.draws for c in validity_cells()} == {1, 2}
+    assert {c.draws for c in validity_cells(draws=2)} == {2}
+    assert validity_cells([0.2], [100], [1])[0].key() == "b3ae83c7d09ddecc"  # committed trials
 
 
 def test_lie_gains_are_the_exact_rise_of_r(task) -> None:
@@ -182,6 +230,8 @@ def test_validity_slice_fixed_seed(tmp_path: Path, capsys) -> None:
         if r["true_err"] >= r["epsilon"] * (1 - 1e-9):
             assert r["accepts"] == 0, r
     assert rows["honest"]["accepts"] >= 16
+    assert {r["draws"] for r in out["cells"]} == {2}  # a cell not committed with version 1
+    assert all(json.loads(line)["draws"] == 2 for line in (tmp_path / "trials.jsonl").open())
     assert (tmp_path / "r" / "table.md").read_text().count("| ε=0.5 N=100 Z=1 |") == 4
     assert (tmp_path / "r" / "validity.png").stat().st_size > 10_000
 
@@ -245,4 +295,8 @@ def test_cli_refuses_bad_input(tmp_path: Path, capsys) -> None:
         args = ["validity", "--quick", "--trials", "5", "--first", first, "--out", str(tmp_path)]
         assert simulations_main(args) == 2
         assert "--first must lie in [0, --trials)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        simulations_main(["validity", "--quick", "--draws", "3", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "--draws" in capsys.readouterr().err
     assert not (tmp_path / "trials.jsonl").exists()  # refused before any trial ran

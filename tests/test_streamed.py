@@ -51,17 +51,22 @@ def test_interval_from_moments_is_the_interval() -> None:
 
 
 @pytest.mark.parametrize(
-    ("selector", "rho"),
-    [("synthetic:n=40,z=2,p=0.5,seed=3", 0.2), ("synthetic:n=30,z=3,p=0.3,seed=1", 0.1234)],
+    ("selector", "rho", "draws"),
+    [
+        ("synthetic:n=40,z=2,p=0.5,seed=3", 0.2, 1),
+        ("synthetic:n=30,z=3,p=0.3,seed=1", 0.1234, 1),
+        ("synthetic:n=40,z=2,p=0.5,seed=3", 0.2, 2),
+        ("synthetic:n=30,z=3,p=0.3,seed=1", 0.1234, 2),
+    ],
 )
 def test_stream_keeps_the_moments_and_the_top_gains_of_the_same_draws(
-    selector: str, rho: float
+    selector: str, rho: float, draws: int
 ) -> None:
     t = require_exact_synthetic(load_task(selector))
     h = honest_attribution(t)
     n = 600_000  # more than two chunks, so the moments are merged across chunks
-    mem = sample_tuples(t, n, rho, derive_rng("same"), h)
-    st = stream_tuples(t, n, rho, derive_rng("same"), h, keep_top=40)
+    mem = sample_tuples(t, n, rho, derive_rng("same"), h, draws)
+    st = stream_tuples(t, n, rho, derive_rng("same"), h, keep_top=40, draws=draws)
     r = residual_samples(mem.f, rho)
     assert st.num_tuples == n
     assert np.allclose(st.mean, r.mean(axis=0), rtol=1e-12, atol=1e-14)
@@ -74,16 +79,18 @@ def test_stream_keeps_the_moments_and_the_top_gains_of_the_same_draws(
     assert np.allclose(st.top_tuples, rows, rtol=0, atol=1e-13)
 
 
-def test_stream_f_values_are_the_in_memory_ones_on_ragged_sizes() -> None:
-    """A block that is not a multiple of 8 tuples and a last byte of fewer than 8 support columns
-    (the bit-transpose's edges) still give the in-memory f-values of every member (to summation
-    order: one wrong member bit would move f by a term's weight, ≫ 1e-13)."""
+@pytest.mark.parametrize("draws", [1, 2])
+def test_stream_f_values_are_the_in_memory_ones_on_ragged_sizes(draws: int) -> None:
+    """A block that is not a multiple of 8 (or 64) tuples and a last byte of fewer than 8 support
+    columns (the bit-transpose's and the word spread's edges) still give the in-memory f-values
+    of every member (to summation order: one wrong member bit would move f by a term's weight,
+    ≫ 1e-13)."""
     t = require_exact_synthetic(load_task("synthetic:n=30,z=3,p=0.3,seed=1"))
     assert len(t.support_columns) % 8 != 0
     h = honest_attribution(t)
     n = 1_003  # 3 full blocks of 256, then 235 tuples
-    mem = sample_tuples(t, n, 0.15, derive_rng("ragged"), h)
-    st = stream_tuples(t, n, 0.15, derive_rng("ragged"), h, keep_top=4 * n)
+    mem = sample_tuples(t, n, 0.15, derive_rng("ragged"), h, draws)
+    st = stream_tuples(t, n, 0.15, derive_rng("ragged"), h, keep_top=4 * n, draws=draws)
     rows = mem.f.reshape(n, 4, -1)[st.top_members // 4]
     assert np.allclose(st.top_tuples, rows, rtol=0, atol=1e-13)
     assert sorted(st.top_members.tolist()) == list(range(4 * n))
@@ -101,7 +108,8 @@ def _same(a: list, b: list) -> None:
                 assert abs(dx[key] - dy[key]) <= 1e-12
 
 
-def test_streamed_trials_are_the_in_memory_trials(task) -> None:
+@pytest.mark.parametrize("draws", [1, 2])
+def test_streamed_trials_are_the_in_memory_trials(task, draws: int) -> None:
     h = honest_attribution(task)
     plan = cell_plan(task, 1.0, 0.05, "streamed-test", 20_000)
     s1 = scale_for_err(task, 1.0)
@@ -113,8 +121,8 @@ def test_streamed_trials_are_the_in_memory_trials(task) -> None:
     ]
     lies = []
     for i in range(3):
-        mem = run_trial(task, plan, provers, h, ("streamed", i), engine="memory")
-        st = run_trial(task, plan, provers, h, ("streamed", i), engine="streamed")
+        mem = run_trial(task, plan, provers, h, ("streamed", i), engine="memory", draws=draws)
+        st = run_trial(task, plan, provers, h, ("streamed", i), engine="streamed", draws=draws)
         _same(mem, st)
         lies.append(st[2].lies)
         assert st[0].verdict == "accept"
