@@ -87,20 +87,7 @@ def _block_terms(
     acc: np.ndarray,
     j0: int,
     nb: int,
-    cols: np.ndarray,
-    deg: np.ndarray,
-    weight: np.ndarray,
-    target: np.ndarray,
-    fhat0: np.ndarray,
-    yhi: float,
-    ylo: float,
-    coef_a: float,
-    coef_b: float,
-    coef_c: float,
-    bound: float,
-    f_out: np.ndarray,
-    r_out: np.ndarray,
-    gain_out: np.ndarray,
+    terms: tuple,
 ) -> float:
     """One block of ``nb`` tuples starting at tuple ``j0``, from its member bits (``bits[column,
     role, tuple]``, 0/1 bytes): f on all four members (sum of weight·Π φ over the terms, in the
@@ -108,8 +95,13 @@ def _block_terms(
     of r_j when that member alone reports its best value in ±b, as
     :func:`simulations.montecarlo.lie_gains`). Returns max |f| over the block.
 
+    ``terms`` is the tuple :func:`stream_tuples` builds: the task's terms (columns, degree,
+    weight, target, as :func:`_terms`), f̂∅, φ(1), φ(0), the residual coefficients (a, b, c), the
+    output bound b, and the chunk's outputs f_out, r_out, gain_out.
     Each term's update runs over a contiguous block of tuples (vectorised), with φ chosen by a
     select, never a data-dependent branch."""
+    cols, deg, weight, target, fhat0, yhi, ylo, coef_a, coef_b, coef_c, bound = terms[:11]
+    f_out, r_out, gain_out = terms[11:]
     z = fhat0.shape[0]
     nterm = weight.shape[0]
     biggest = 0.0
@@ -182,20 +174,7 @@ def _tuple_pass(
     coin: np.ndarray,
     lo: Any,
     hi: Any,
-    cols: np.ndarray,
-    deg: np.ndarray,
-    weight: np.ndarray,
-    target: np.ndarray,
-    fhat0: np.ndarray,
-    yhi: float,
-    ylo: float,
-    coef_a: float,
-    coef_b: float,
-    coef_c: float,
-    bound: float,
-    f_out: np.ndarray,
-    r_out: np.ndarray,
-    gain_out: np.ndarray,
+    terms: tuple,
 ) -> float:
     """One chunk of draw version 1 (:func:`simulations.montecarlo.sample_tuples`): member bits
     from the packed draws and the coin, then :func:`_block_terms` per block of ``_BLOCK`` tuples.
@@ -205,7 +184,7 @@ def _tuple_pass(
     turned column-major by 8×8 bit transposes."""
     m = xp.shape[0]
     c = coin.shape[1]
-    z = fhat0.shape[0]
+    z = terms[4].shape[0]
     nbytes = xp.shape[1]
     words = _BLOCK // 8
     rows = nbytes * _BLOCK
@@ -245,11 +224,7 @@ def _tuple_pass(
                     for k in range(kmax):
                         byte = (x >> np.uint64(8 * (7 - k))) & np.uint64(255)
                         wide[((8 * b + k) * 4 + q) * words + word] = _SPREAD[byte]
-        biggest = max(
-            biggest,
-            _block_terms(bits, acc, j0, nb, cols, deg, weight, target, fhat0, yhi, ylo,
-                         coef_a, coef_b, coef_c, bound, f_out, r_out, gain_out),
-        )  # fmt: skip
+        biggest = max(biggest, _block_terms(bits, acc, j0, nb, terms))
     return biggest
 
 
@@ -257,27 +232,14 @@ def _tuple_pass(
 def _word_pass(
     words: np.ndarray,
     m: int,
-    cols: np.ndarray,
-    deg: np.ndarray,
-    weight: np.ndarray,
-    target: np.ndarray,
-    fhat0: np.ndarray,
-    yhi: float,
-    ylo: float,
-    coef_a: float,
-    coef_b: float,
-    coef_c: float,
-    bound: float,
-    f_out: np.ndarray,
-    r_out: np.ndarray,
-    gain_out: np.ndarray,
+    terms: tuple,
 ) -> float:
     """One chunk of draw version 2 (:func:`simulations.montecarlo.tuple_words`): the member
     words ``words[role, column, w]`` (bit l of word w = tuple 64w + l) are already
     column-major, so each block only spreads them to 0/1 bytes before :func:`_block_terms`.
     Returns max |f| over the chunk's ``m`` tuples."""
     c = words.shape[1]
-    z = fhat0.shape[0]
+    z = terms[4].shape[0]
     sub = _BLOCK // 8
     wide = np.zeros(c * 4 * sub, np.uint64)  # member bits as 0/1 bytes, [column, role, tuple]
     bits = wide.view(np.uint8).reshape((c, 4, _BLOCK))
@@ -294,11 +256,7 @@ def _word_pass(
                     for b in range(8):
                         byte = (word >> np.uint64(8 * b)) & np.uint64(255)
                         wide[base + 8 * i + b] = _SPREAD[byte]
-        biggest = max(
-            biggest,
-            _block_terms(bits, acc, j0, nb, cols, deg, weight, target, fhat0, yhi, ylo,
-                         coef_a, coef_b, coef_c, bound, f_out, r_out, gain_out),
-        )  # fmt: skip
+        biggest = max(biggest, _block_terms(bits, acc, j0, nb, terms))
     return biggest
 
 
@@ -380,11 +338,11 @@ def stream_tuples(
         terms = (cols, deg, weight, target, fhat0, task._hi, task._lo, coef_a, coef_b, coef_c,
                  bound, f, r, g)  # fmt: skip
         if draws == 2:
-            biggest = _word_pass(tuple_words(rng, task.p, rho, c, m), m, *terms)
+            biggest = _word_pass(tuple_words(rng, task.p, rho, c, m), m, terms)
         else:
             xp = bernoulli_packed(rng, task.p, (m, c))
             y0p = bernoulli_packed(rng, task.p, (m, c))
-            biggest = _tuple_pass(xp, y0p, draw_coin((m, c)), lo, hi, *terms)
+            biggest = _tuple_pass(xp, y0p, draw_coin((m, c)), lo, hi, terms)
         if biggest > bound:
             raise ValueError(f"f-value {biggest!r} outside [-b, b] (b = {bound!r})")
         c_mean = r.mean(axis=0)
