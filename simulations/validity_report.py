@@ -145,10 +145,12 @@ def plot_grid(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.axhline(delta, color="red", linestyle=":", label=f"δ = {delta:g}")
     ax.axhline(1 - delta, color="green", linestyle=":", label=f"1 − δ = {1 - delta:g}")
     ax.set_xticks(range(len(cells)))
-    ax.set_xticklabels(
-        [c + f"\n({next(r['trials'] for r in rows if r['cell'] == c)} trials)" for c in cells],
-        fontsize=7,
-    )
+    labels = []
+    for c in cells:
+        first = next(r for r in rows if r["cell"] == c)
+        draws = "" if first.get("draws", 1) == 1 else f", draws {first['draws']}"
+        labels.append(f"{c}\n({first['trials']} trials{draws})")
+    ax.set_xticklabels(labels, fontsize=7)
     ax.set_ylabel("acceptance rate (95% Wilson)")
     ax.set_ylim(0, 1.05)
     ax.set_title("Practical-mode validity on the exact synthetic task")
