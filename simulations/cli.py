@@ -8,6 +8,8 @@
 * ``simulations validity|catch-rate [--trials N] [--report DIR] [--json] [--quick]``: the
   Monte-Carlo grids of the practical verifier (:mod:`simulations.validity`); exit 1 if a cell
   shows a violation of the guarantee (err ≥ ε accepted more often than δ).
+* ``simulations merge-trials SRC... --into DEST``: append the trials DEST lacks (a cell split by
+  ``--first``); refuses a trial that differs from the kept one.
 
 Exit codes: 0 done, 2 bad input or startup error, 130 interrupted (finished cells are kept).
 """
@@ -111,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true")
 
     sub.add_parser("list", help="print the adversary catalogue")
+
+    merge = sub.add_parser(
+        "merge-trials", help="fold trials.jsonl files (e.g. a cell split by --first) into one"
+    )
+    merge.add_argument("sources", type=Path, nargs="+", help="trials.jsonl files to read")
+    merge.add_argument("--into", type=Path, required=True, help="the trials.jsonl to extend")
 
     for name, helptext in (
         ("validity", "Monte-Carlo validity grid of the practical verifier (ε × N × Z)"),
@@ -427,6 +435,12 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command in ("validity", "catch-rate"):
             return _montecarlo(args)
+        if args.command == "merge-trials":
+            from simulations.validity import merge_trials
+
+            counts = merge_trials(args.sources, args.into)
+            print(f"{args.into}: {counts['added']} trials added, {counts['already']} already there")
+            return 0
         return _list()
     except (ValueError, OSError) as exc:
         print(f"simulations: error: {exc}", file=sys.stderr)

@@ -234,6 +234,39 @@ def run_cells(
     return path
 
 
+def merge_trials(sources: list[Path], dest: Path) -> dict[str, int]:
+    """Append to ``dest`` every trial of ``sources`` whose (cell, trial) it lacks; returns
+    {"added": …, "already": …}.
+
+    Guarantee: nothing in ``dest`` is rewritten (records are appended, fsynced, as by a run), and
+    a (cell, trial) present on both sides must carry the same outcomes (the same seed gives the
+    same trial; only its timing may differ), else ``ValueError`` is raised before anything is
+    written. A torn last line of a source is skipped, as :func:`load_trials` skips it."""
+    have = load_trials(dest)
+    new: dict[tuple[str, int], dict[str, Any]] = {}
+    already = 0
+    for src in sources:
+        if not src.exists():
+            raise ValueError(f"no trials file at {src}")
+        with src.open(encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                cell, trial = rec["cell"], int(rec["trial"])
+                known = have.get(cell, {}).get(trial, new.get((cell, trial), {}).get("outcomes"))
+                if known is None:
+                    new[(cell, trial)] = rec
+                elif known != rec["outcomes"]:
+                    raise ValueError(f"{src}: trial {trial} of {cell} differs from the kept one")
+                else:
+                    already += 1
+    for key in sorted(new):
+        _append(dest, new[key])
+    return {"added": len(new), "already": already}
+
+
 # ---------------------------------------------------------------------------------------------
 # aggregation
 

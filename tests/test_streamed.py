@@ -177,3 +177,37 @@ def test_a_cell_split_over_processes_gives_the_same_trials(tmp_path: Path) -> No
     assert sorted(early) == [0, 1, 2]
     for i in range(3):
         assert early[i] == whole[i]
+
+
+def test_merge_trials_adds_what_is_missing_and_refuses_a_different_trial(
+    tmp_path: Path, capsys
+) -> None:
+    """Trials split over processes fold into one file: only missing (cell, trial) pairs are
+    appended, the kept lines are untouched, and a trial that differs is refused before any
+    write."""
+    from simulations.cli import main as simulations_main
+    from simulations.validity import GridCell, load_trials, run_cells
+
+    cell = GridCell(
+        "synthetic:n=20,z=1,p=0.5,seed=0", 1.0, 0.05, (ProverModel("honest"),), "merge", draws=2
+    )
+    a = run_cells([cell], 2, tmp_path / "a")
+    b = run_cells([cell], 4, tmp_path / "b", first=1)
+    kept = a.read_text(encoding="utf-8")
+    assert simulations_main(["merge-trials", str(b), "--into", str(a)]) == 0
+    assert "2 trials added, 1 already there" in capsys.readouterr().out
+    assert a.read_text(encoding="utf-8").startswith(kept)
+    assert sorted(load_trials(a)[cell.key()]) == [0, 1, 2, 3]
+    assert simulations_main(["merge-trials", str(b), "--into", str(a)]) == 0
+    assert "0 trials added, 3 already there" in capsys.readouterr().out
+    lines = b.read_text(encoding="utf-8").splitlines()
+    bad = json.loads(lines[0])
+    bad["outcomes"][0]["verdict"] = "reject"
+    forged = tmp_path / "forged.jsonl"
+    forged.write_text(json.dumps(bad) + "\n", encoding="utf-8")
+    before = a.read_text(encoding="utf-8")
+    assert simulations_main(["merge-trials", str(forged), "--into", str(a)]) == 2
+    assert "differs from the kept one" in capsys.readouterr().err
+    assert a.read_text(encoding="utf-8") == before
+    assert simulations_main(["merge-trials", str(tmp_path / "none"), "--into", str(a)]) == 2
+    assert "no trials file" in capsys.readouterr().err
