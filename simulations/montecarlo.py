@@ -258,10 +258,10 @@ def coin_fraction(rho: float) -> Fraction:
 
 def tuple_words(
     rng: np.random.Generator, p: float, rho: float, columns: int, tuples: int
-) -> np.ndarray:
-    """Draw version 2 of ``tuples`` coupled tuples on ``columns`` support columns: (4, columns,
-    ⌈tuples/64⌉) uint64 member words in role order (x, y0, yρ, y2ρ), bit l of word w = tuple
-    64w + l.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Draw version 2 of ``tuples`` coupled tuples on ``columns`` support columns: the words
+    (x, y0, near, far), each (columns, ⌈tuples/64⌉) uint64 with bit l of word w = tuple 64w + l;
+    :func:`member_words` turns them into the four members.
 
     Guarantee: the law of :func:`sample_tuples`'s version 1 (that of ``ChallengeSpec``): x and
     y0 are independent B_p; a column's coin is "far" (y2ρ takes x) with probability 2ρ, and "near"
@@ -275,6 +275,12 @@ def tuple_words(
     differ = x ^ y0
     far = bernoulli_words(rng, coin_fraction(rho), columns, tuples, only=differ)
     near = far & bernoulli_words(rng, Fraction(1, 2), columns, tuples, only=far)
+    return x, y0, near, far
+
+
+def member_words(x: np.ndarray, y0: np.ndarray, near: np.ndarray, far: np.ndarray) -> np.ndarray:
+    """The members (x, y0, yρ, y2ρ) of :func:`tuple_words`'s words, stacked on a first axis:
+    yρ takes x where near, y2ρ where far, else y0 (the streamed pass applies the same rule)."""
     return np.stack([x, y0, (x & near) | (y0 & ~near), (x & far) | (y0 & ~far)])
 
 
@@ -403,7 +409,7 @@ def sample_tuples(
     for start in range(0, n, CHUNK_TUPLES):
         m = min(CHUNK_TUPLES, n - start)
         if draws == 2:
-            roles = tuple(unpack_words(tuple_words(rng, task.p, rho, c, m), m))
+            roles = tuple(unpack_words(member_words(*tuple_words(rng, task.p, rho, c, m)), m))
         else:
             x = _bernoulli(rng, task.p, (m, c))
             y0 = _bernoulli(rng, task.p, (m, c))

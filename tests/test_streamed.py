@@ -88,7 +88,7 @@ def test_stream_f_values_are_the_in_memory_ones_on_ragged_sizes(draws: int) -> N
     t = require_exact_synthetic(load_task("synthetic:n=30,z=3,p=0.3,seed=1"))
     assert len(t.support_columns) % 8 != 0
     h = honest_attribution(t)
-    n = 1_003  # 3 full blocks of 256, then 235 tuples
+    n = 1_003  # 15 full blocks of 64, then 43 tuples (and 125 bytes of 8, then 3)
     mem = sample_tuples(t, n, 0.15, derive_rng("ragged"), h, draws)
     st = stream_tuples(t, n, 0.15, derive_rng("ragged"), h, keep_top=4 * n, draws=draws)
     rows = mem.f.reshape(n, 4, -1)[st.top_members // 4]
