@@ -254,6 +254,8 @@ def merge_trials(sources: list[Path], dest: Path) -> dict[str, int]:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue
+                if not (isinstance(rec, dict) and {"cell", "trial", "outcomes"} <= rec.keys()):
+                    raise ValueError(f"{src}: not a trials file (a line lacks cell/trial/outcomes)")
                 cell, trial = rec["cell"], int(rec["trial"])
                 known = have.get(cell, {}).get(trial, new.get((cell, trial), {}).get("outcomes"))
                 if known is None:

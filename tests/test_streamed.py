@@ -211,3 +211,7 @@ def test_merge_trials_adds_what_is_missing_and_refuses_a_different_trial(
     assert a.read_text(encoding="utf-8") == before
     assert simulations_main(["merge-trials", str(tmp_path / "none"), "--into", str(a)]) == 2
     assert "no trials file" in capsys.readouterr().err
+    forged.write_text('{"verdict": "accept"}\n', encoding="utf-8")
+    assert simulations_main(["merge-trials", str(forged), "--into", str(a)]) == 2
+    assert "not a trials file" in capsys.readouterr().err
+    assert a.read_text(encoding="utf-8") == before
