@@ -12,9 +12,9 @@ engines must agree (the run exits 1 otherwise); the table gives both wall times,
 the process's peak RSS after the streamed trial and after the in-memory one (run in that order,
 since a peak only grows; rows run in the order given, so later rows' streamed peaks include
 earlier rows' memory peaks). A last table gives, per cell, the streamed engine's time with draws
-1 over draws 2 (the two versions draw different tuples of the same law, so their verdicts may
-differ). Run it on an otherwise idle machine: one process, one thread (OMP_NUM_THREADS=1 is set
-here).
+1 over draws 2, both under the draws-1 cell's plan so that they judge the same number of tuples
+(the two versions draw different tuples of the same law, so their verdicts may differ). Run it
+on an otherwise idle machine: one process, one thread (OMP_NUM_THREADS=1 is set here).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def measure(
     cell = validity_cells([eps], [n], [z], draws=draws)[0]
     task = require_exact_synthetic(load_task(cell.task))
     honest = honest_attribution(task)
-    plan = plan_for(cell)
+    plan = plan_for(validity_cells([eps], [n], [z], draws=1)[0])  # one plan for both versions
     provers = list(cell.provers)
     run_trial(task, plan, provers, honest, ("warm-up", cell.key()), "streamed", draws)
     row: dict[str, object] = {"cell": cell.label, "draws": draws, "tuples": plan.pairs_per_level}
