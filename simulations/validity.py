@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -153,18 +153,27 @@ def catalogue_cells(epsilon: float = 0.2, delta: float = DELTA) -> list[GridCell
 # running
 
 
-def load_trials(path: Path) -> dict[str, dict[int, list[dict[str, Any]]]]:
-    """{cell key: {trial: outcomes}} from a trials.jsonl (a torn last line is ignored)."""
-    out: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(dict)
-    if not path.exists():
-        return out
+def _records(path: Path) -> Iterator[dict[str, Any]]:
+    """The trial records of a trials.jsonl in file order; a line that is not JSON (a torn last
+    line) is skipped, and a JSON line that is not a trial record raises ``ValueError``."""
     with path.open(encoding="utf-8") as fh:
         for line in fh:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            out[rec["cell"]][int(rec["trial"])] = rec["outcomes"]
+            if not (isinstance(rec, dict) and {"cell", "trial", "outcomes"} <= rec.keys()):
+                raise ValueError(f"{path}: not a trials file (a line lacks cell/trial/outcomes)")
+            yield rec
+
+
+def load_trials(path: Path) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    """{cell key: {trial: outcomes}} from a trials.jsonl (a torn last line is ignored)."""
+    out: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(dict)
+    if not path.exists():
+        return out
+    for rec in _records(path):
+        out[rec["cell"]][int(rec["trial"])] = rec["outcomes"]
     return out
 
 
@@ -248,22 +257,15 @@ def merge_trials(sources: list[Path], dest: Path) -> dict[str, int]:
     for src in sources:
         if not src.exists():
             raise ValueError(f"no trials file at {src}")
-        with src.open(encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if not (isinstance(rec, dict) and {"cell", "trial", "outcomes"} <= rec.keys()):
-                    raise ValueError(f"{src}: not a trials file (a line lacks cell/trial/outcomes)")
-                cell, trial = rec["cell"], int(rec["trial"])
-                known = have.get(cell, {}).get(trial, new.get((cell, trial), {}).get("outcomes"))
-                if known is None:
-                    new[(cell, trial)] = rec
-                elif known != rec["outcomes"]:
-                    raise ValueError(f"{src}: trial {trial} of {cell} differs from the kept one")
-                else:
-                    already += 1
+        for rec in _records(src):
+            cell, trial = rec["cell"], int(rec["trial"])
+            known = have.get(cell, {}).get(trial, new.get((cell, trial), {}).get("outcomes"))
+            if known is None:
+                new[(cell, trial)] = rec
+            elif known != rec["outcomes"]:
+                raise ValueError(f"{src}: trial {trial} of {cell} differs from the kept one")
+            else:
+                already += 1
     for key in sorted(new):
         _append(dest, new[key])
     return {"added": len(new), "already": already}
