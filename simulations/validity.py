@@ -168,7 +168,8 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def load_trials(path: Path) -> dict[str, dict[int, list[dict[str, Any]]]]:
-    """{cell key: {trial: outcomes}} from a trials.jsonl (a torn last line is ignored)."""
+    """{cell key: {trial: outcomes}} from a trials.jsonl; empty if there is no file. A torn last
+    line is ignored; a line that is not a trial record raises ``ValueError``."""
     out: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(dict)
     if not path.exists():
         return out
