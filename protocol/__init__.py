@@ -3,4 +3,4 @@
 Nothing in this package performs network I/O or imports ``grpc``, ``prover`` or ``verifier``.
 """
 
-PROTOCOL_VERSION = "attribution.v1"
+PROTOCOL_VERSION = "attribution.v2"

@@ -183,17 +183,56 @@ class ChallengeSpec:
         return prg.derive_seeds(self.seed_key, idx)
 
     def iter_member_batches(
-        self, batch_size: int
+        self, batch_size: int, first_member: int = 0
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield ``(indices, masks, seeds)`` over all members in order, ``batch_size`` at a time.
+        """Yield ``(indices, masks, seeds)`` over members [first_member, |E|) in order,
+        ``batch_size`` at a time.
 
         ``indices`` is int64 (B,), ``masks`` bool (B, N), ``seeds`` uint64 (B,), B <= batch_size.
         """
         bs = _check_pos_int(batch_size, "batch_size")
         total = self.num_members
-        for start in range(0, total, bs):
+        for start in range(int(first_member), total, bs):
             idx = np.arange(start, min(start + bs, total), dtype=np.int64)
             yield idx, self.member_masks(idx), self.member_seeds(idx)
+
+
+@dataclass(frozen=True)
+class ChallengeRound:
+    """One round of a challenge stream: tuples [first_tuple, spec.num_tuples) of ``spec``.
+
+    Every round of a session shares the public seed and ρ, so tuple j (and member 4j + role) is
+    the same subset and seed whichever round asks for it; rounds continue where the last ended.
+    """
+
+    spec: ChallengeSpec
+    first_tuple: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= int(self.first_tuple) < int(self.spec.num_tuples):
+            raise ValueError(
+                f"first_tuple must lie in [0, {self.spec.num_tuples}), got {self.first_tuple}"
+            )
+
+    @property
+    def num_tuples(self) -> int:
+        """Tuples in this round."""
+        return int(self.spec.num_tuples) - int(self.first_tuple)
+
+    @property
+    def first_member(self) -> int:
+        """Global index of the round's first member."""
+        return MEMBERS_PER_TUPLE * int(self.first_tuple)
+
+    @property
+    def num_members(self) -> int:
+        """Members in this round (4 per tuple)."""
+        return MEMBERS_PER_TUPLE * self.num_tuples
+
+    @property
+    def members(self) -> np.ndarray:
+        """The round's global member indices, in order (int64)."""
+        return np.arange(self.first_member, self.spec.num_members, dtype=np.int64)
 
 
 def draw_spot_checks(num_members: int, k: int) -> np.ndarray:

@@ -197,3 +197,78 @@ def residual_from_moments(
         residual=residual,
         residual_interpolant=residual_interp,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# per-tuple residual samples (the practical rule's i.i.d. view of the same estimator)
+
+
+def residual_coefficients(rho: float) -> tuple[float, float, float]:
+    """(A, B, C) = (3/(2ρ) − 1, 2/ρ, 1/(2ρ)): r = (v_x² + v_0²)/2 + v_x(A·v_0 − B·v_ρ + C·v_2ρ)."""
+    r = _check_rho(rho)
+    return 3.0 / (2.0 * r) - 1.0, 2.0 / r, 1.0 / (2.0 * r)
+
+
+def _check_rho(rho: Any) -> float:
+    r = float(rho)
+    if not (math.isfinite(r) and 0.0 < r <= 0.5):
+        raise ValueError(f"rho must satisfy 0 < rho <= 0.5, got {rho!r}")
+    return r
+
+
+def residual_samples(values: Any, rho: float) -> np.ndarray:
+    """Per-tuple residual samples r_j, shape (n, Z), from (4n, Z) member values v (f or f − βĝ).
+
+    r_j = (v(x)² + v(y0)²)/2 + (3/(2ρ) − 1)·v(x)v(y0) − (2/ρ)·v(x)v(yρ) + (1/(2ρ))·v(x)v(y2ρ).
+    Guarantee: mean_j r_j of f-values equals ``estimate_residual(f, rho).residual_interpolant``;
+    for v = f − h with h affine in x the expectation is the same, E r = B_{≥2} + bias (the
+    estimator only sees levels ≥ 2, where f − h and f agree). Raises ``ValueError`` on bad shapes
+    or non-finite values.
+    """
+    a, b, c = residual_coefficients(rho)
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2 or v.shape[1] < 1 or v.shape[0] < MEMBERS_PER_TUPLE:
+        raise ValueError(f"values must have shape (4n, Z) with n, Z >= 1, got {v.shape}")
+    if v.shape[0] % MEMBERS_PER_TUPLE:
+        raise ValueError(f"values must have a multiple of 4 rows, got {v.shape[0]}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError("values must be finite (found NaN or inf)")
+    vx, v0, vr, v2 = (v[role::MEMBERS_PER_TUPLE] for role in range(MEMBERS_PER_TUPLE))
+    return 0.5 * (vx * vx + v0 * v0) + vx * (a * v0 - b * vr + c * v2)
+
+
+def residual_sample_range(bound: Any, rho: float) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (min, max) of r_j over member values in [−U, U]⁴: (U²(2 − 4/ρ), 4U²/ρ), 0 < ρ ≤ 1/2.
+
+    Max: r is linear in v(yρ), v(y2ρ) and convex in v(y0), so extremes sit at ±U; with A ≥ 0 the
+    max is U²(1 + A + B + C) = 4U²/ρ. Min: for |v(x)| = t the inner minimum is
+    t²/2 + U²/2 − (A + B + C)·t·U when A·t ≥ U, or t²(1 − A²)/2 − (B + C)·t·U otherwise; both
+    decrease in t, so the min is at t = U: U²(1 − (A + B + C)) = U²(2 − 4/ρ).
+    """
+    u = np.asarray(bound, dtype=np.float64)
+    r = _check_rho(rho)
+    return u * u * (2.0 - 4.0 / r), 4.0 * u * u / r
+
+
+def residual_row_sum(rho: float) -> float:
+    """Σ_ik |M_ik| = 1 + A + B + C = 4/ρ for r = vᵀMv: the most r moves per unit change of each
+    member's value times the value bound (|Q(v + d) − Q(v)| ≤ (4/ρ)(2U·|d|∞ + |d|²∞))."""
+    return 4.0 / _check_rho(rho)
+
+
+def bias_coefficient(rho: float) -> float:
+    """c(ρ) = sup_{k≥3} ρ^{k−1}(2^{k−1} − 2) ≤ 4ρ², so 0 ≤ E r − B_{≥2} ≤ c(ρ)·B_{≥3}.
+
+    E r − B_{≥2} = Σ_{k≥3} B_k ρ^{k−1}(2^{k−1} − 2) (docs/accounting.md §4). For ρ ≤ 1/3 the sup is
+    the k = 3 term 2ρ²; at ρ = 1/2 it is the limit 1 = 4ρ².
+    """
+    r = _check_rho(rho)
+    if r >= 0.5:
+        return 1.0  # terms 1 − 2^{2−k} increase to 1
+    best, k = 0.0, 3
+    while True:
+        term = r ** (k - 1) * (2.0 ** (k - 1) - 2.0)
+        best = max(best, term)
+        if (2.0 * r) ** (k - 1) <= best:  # every later term is below (2ρ)^{k−1}
+            return best
+        k += 1

@@ -81,11 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="fault injection for tests: sleep this long before answering each challenge",
     )
     serve.add_argument(
-        "--no-reuse-challenges",
-        action="store_true",
-        help="do not refit the datamodel with each session's independent challenge retrainings",
-    )
-    serve.add_argument(
         "--cheat",
         default=None,
         metavar="NAME:STRENGTH",
@@ -167,8 +162,6 @@ def _serve(args: argparse.Namespace) -> int:
             strategy = make_cheat(cheat[0], cheat[1], task, attribution, retrainer)
         else:
             strategy = HonestStrategy(task, attribution, retrainer)
-        # Adversaries keep their own attribution (a "weak" prover must stay weak).
-        strategy.reuse_challenges = cheat is None and not args.no_reuse_challenges
         return strategy
 
     info = factory().describe()

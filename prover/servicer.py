@@ -63,17 +63,27 @@ class ProverServicer(pb_grpc.ProverServicer):
         )
         return session.hello_reply(self.prover_info)
 
+    def Claim(  # noqa: N802
+        self, request: pb.ClaimRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ClaimChunk]:
+        """Stream the attribution (c, a) and its digest."""
+        try:
+            session = self.registry.get(request.session_id)
+            yield from session.claim(request)
+        except ProtocolFault as fault:
+            _abort(context, fault)
+
     def Commit(  # noqa: N802
         self, request: pb.ChallengeRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.CommitChunk]:
-        """Stream the attribution, the f-values and the Merkle root for a challenge."""
+        """Stream one challenge round's f-values and its Merkle root."""
         try:
             session = self.registry.get(request.session_id)
             log.info(
-                "session %s: challenge with %d tuples (|E| = %d), rho = %.4g",
+                "session %s: challenge round of %d tuples from tuple %d, rho = %.4g",
                 session.id[:8],
                 request.num_tuples,
-                4 * request.num_tuples,
+                request.first_tuple,
                 request.rho,
             )
             yield from session.commit(request)
@@ -91,7 +101,7 @@ class ProverServicer(pb_grpc.ProverServicer):
     def OpenAll(  # noqa: N802
         self, request: pb.OpenAllRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.OpeningBatch]:
-        """Stream every member of E with its weights (certified mode)."""
+        """Stream every member of one round with its weights (certified checks)."""
         try:
             session = self.registry.get(request.session_id)
             yield from session.open_all(request)

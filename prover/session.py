@@ -1,4 +1,4 @@
-"""One verifier session on the prover side: a small state machine over the four protocol steps.
+"""One verifier session on the prover side: a small state machine over the protocol's steps.
 
 This module is plain Python (no grpc): the servicer is a thin adapter around it, and tests drive
 it directly. Every incoming and outgoing message is appended to the session's transcript.
@@ -17,16 +17,17 @@ import numpy as np
 
 from proto.attribution.v1 import attribution_pb2 as pb
 from protocol import PROTOCOL_VERSION
-from protocol.challenges import ChallengeSpec, PrivateSample
+from protocol.challenges import ChallengeRound, ChallengeSpec, PrivateSample
+from protocol.claim import claim_digest
 from protocol.tasks.base import Task
 from protocol.transcript import Transcript
 from prover.strategy import Answers, HonestStrategy
 
 log = logging.getLogger("prover")
 
-#: Upper bound on the number of coupled tuples one session may ask for (4 members each). Practical
-#: plans at ε = 0.1·Var f need about 5–6M on digits-logreg; weights of that many models are kept
-#: in a disk-backed array (``prover.strategy.WEIGHTS_IN_MEMORY_BYTES``).
+#: Upper bound on the coupled tuples all rounds of one session may cover (4 members each);
+#: weights of that many models are kept in a disk-backed array
+#: (``prover.strategy.WEIGHTS_IN_MEMORY_BYTES``).
 MAX_TUPLES = 8_000_000
 #: Largest slice of the MSE sample one SupplyModels call may ask for.
 MAX_MODELS_PER_CALL = 65_536
@@ -47,21 +48,28 @@ class State(Enum):
     """Where a session is in the protocol."""
 
     GREETED = "greeted"
-    COMMITTED = "committed"
-    OPENED = "opened"
-    SUPPLYING = "supplying"
+    CLAIMED = "claimed"
+    COMMITTING = "committing"  # one or more challenge rounds answered
+    OPENED = "opened"  # the spot-check set was revealed: no more rounds
     FINISHED = "finished"
 
 
 class ProverSession:
-    """State of one verifier session. Methods raise ``ProtocolFault`` on out-of-order calls."""
+    """State of one verifier session. Methods raise ``ProtocolFault`` on out-of-order calls.
+
+    Order: Hello, Claim, then any number of challenge rounds (each with its OpenAll when checks
+    are certified) and SupplyModels calls, then at most one Open (spot checks), then Finish.
+    """
 
     def __init__(self, task: Task, strategy: HonestStrategy, hello: pb.HelloRequest) -> None:
         self.id = uuid.uuid4().hex
         self.task = task
         self.strategy = strategy
         self.state = State.GREETED
-        self.answers: Answers | None = None
+        self.rounds: list[Answers] = []
+        self._opened_rounds: set[int] = set()
+        self._seed: bytes | None = None
+        self._rho: float | None = None
         self.transcript = Transcript()
         self.models_supplied = 0
         self.lock = threading.Lock()
@@ -83,78 +91,130 @@ class ProverSession:
         self.transcript.append_message("p2v", reply)
         return reply
 
-    def commit(self, request: pb.ChallengeRequest) -> Iterator[pb.CommitChunk]:
-        """Answer the challenge: stream the attribution, every f-value, then the Merkle root.
-
-        The whole answer is computed and committed before the first chunk is sent, so nothing
-        sent later can depend on the spot-check set.
-        """
+    # ---- the claim ----------------------------------------------------------------------------
+    def claim(self, request: pb.ClaimRequest) -> Iterator[pb.ClaimChunk]:
+        """Stream the attribution (c, a) and its summary. Allowed once, right after Hello: the
+        claim exists before any challenge seed or MSE sample does."""
         with self.lock:
             if self.state is not State.GREETED:
                 raise ProtocolFault(
                     "FAILED_PRECONDITION",
-                    f"Commit is allowed once, right after Hello; session is {self.state.value}",
+                    f"Claim is allowed once, right after Hello; session is {self.state.value}",
                 )
-            spec = self._parse_challenge(request)
+            if request.session_id != self.id:
+                raise ProtocolFault("INVALID_ARGUMENT", "claim request names a different session")
+            self.transcript.append_message("v2p", request)
+            self.state = State.CLAIMED
+            self._touch()
+        attribution = self.strategy.attribution()
+        coefficients = np.asarray(attribution.coefficients, dtype=np.float64)
+        intercepts = np.asarray(attribution.intercepts, dtype=np.float64)
+        for target in range(coefficients.shape[0]):
+            row = coefficients[target]
+            for offset in range(0, max(len(row), 1), CHUNK_VALUES):
+                msg = pb.ClaimChunk(
+                    attribution=pb.AttributionPart(
+                        target=target,
+                        intercept=float(intercepts[target]),
+                        offset=offset,
+                        coefficients=row[offset : offset + CHUNK_VALUES].tolist(),
+                    )
+                )
+                self.transcript.append_message("p2v", msg)
+                yield msg
+        summary = pb.ClaimChunk(
+            summary=pb.ClaimSummary(
+                digest=claim_digest(intercepts, coefficients),
+                datamodel_samples=int(attribution.num_samples),
+                method=str(attribution.method)[:200],
+            )
+        )
+        self.transcript.append_message("p2v", summary)
+        yield summary
+        self._touch()
+
+    # ---- challenge rounds ---------------------------------------------------------------------
+    def commit(self, request: pb.ChallengeRequest) -> Iterator[pb.CommitChunk]:
+        """Answer one challenge round: stream its f-values, then the Merkle root of its leaves.
+
+        The round is computed and committed before the first chunk is sent, so nothing sent
+        later can depend on anything the verifier reveals afterwards.
+        """
+        with self.lock:
+            if self.state not in (State.CLAIMED, State.COMMITTING):
+                raise ProtocolFault(
+                    "FAILED_PRECONDITION",
+                    f"Commit is allowed after Claim and before Open; session is {self.state.value}",
+                )
+            rnd = self._parse_challenge(request)
             self.transcript.append_message("v2p", request)
             self._touch()
             started = time.monotonic()
-            answers = self.strategy.answer(spec)
-            self.answers = answers
-            self.state = State.COMMITTED
+            answers = self.strategy.answer(rnd)
+            self.rounds.append(answers)
+            self.state = State.COMMITTING
             log.info(
-                "session %s: answered %d challenge members (%d retrained now) in %.2fs; root %s",
+                "session %s: round %d answered: members [%d, %d) (%d retrained now) in %.2fs; "
+                "root %s",
                 self.id[:8],
-                spec.num_members,
+                len(self.rounds) - 1,
+                rnd.first_member,
+                rnd.spec.num_members,
                 answers.retrainings,
                 time.monotonic() - started,
                 answers.tree.root.hex()[:16],
             )
-        for chunk in self._commit_chunks(answers):  # lazily: |E|·Z values can be gigabytes
+        for chunk in self._commit_chunks(answers):  # lazily: the values can be gigabytes
             self.transcript.append_message("p2v", chunk)
             yield chunk
         self._touch()
 
-    def _parse_challenge(self, request: pb.ChallengeRequest) -> ChallengeSpec:
+    def _parse_challenge(self, request: pb.ChallengeRequest) -> ChallengeRound:
         if request.session_id != self.id:
             raise ProtocolFault("INVALID_ARGUMENT", "challenge names a different session id")
-        if request.num_tuples < 1 or request.num_tuples > MAX_TUPLES:
+        expected_first = self.rounds[-1].spec.num_tuples if self.rounds else 0
+        if request.first_tuple != expected_first:
             raise ProtocolFault(
                 "INVALID_ARGUMENT",
-                f"num_tuples must be in [1, {MAX_TUPLES}], got {request.num_tuples}",
+                f"round must start at tuple {expected_first}, got {request.first_tuple}",
+            )
+        end = int(request.first_tuple) + int(request.num_tuples)
+        if request.num_tuples < 1 or end > MAX_TUPLES:
+            raise ProtocolFault(
+                "INVALID_ARGUMENT",
+                f"a session's rounds may cover at most {MAX_TUPLES} tuples; this round asks for "
+                f"{request.num_tuples} from tuple {request.first_tuple}",
+            )
+        if self._seed is not None and (
+            bytes(request.public_seed) != self._seed or float(request.rho) != self._rho
+        ):
+            raise ProtocolFault(
+                "INVALID_ARGUMENT", "every round of a session must use the same seed and rho"
             )
         try:
-            return ChallengeSpec(
+            spec = ChallengeSpec(
                 public_seed=bytes(request.public_seed),
-                num_tuples=int(request.num_tuples),
+                num_tuples=end,
                 rho=float(request.rho),
                 num_train_points=self.task.num_train_points,
                 p=self.task.p,
             )
         except ValueError as exc:
             raise ProtocolFault("INVALID_ARGUMENT", f"bad challenge: {exc}") from exc
+        self._seed, self._rho = spec.public_seed, spec.rho
+        return ChallengeRound(spec, int(request.first_tuple))
 
     def _commit_chunks(self, answers: Answers) -> Iterator[pb.CommitChunk]:
-        attribution = self.strategy.attribution()
-        coefficients = np.asarray(attribution.coefficients, dtype=np.float64)
-        for target in range(coefficients.shape[0]):
-            row = coefficients[target]
-            for offset in range(0, max(len(row), 1), CHUNK_VALUES):
-                yield pb.CommitChunk(
-                    attribution=pb.AttributionPart(
-                        target=target,
-                        intercept=float(attribution.intercepts[target]),
-                        offset=offset,
-                        coefficients=row[offset : offset + CHUNK_VALUES].tolist(),
-                    )
-                )
         f_values = np.asarray(answers.f_values, dtype=np.float64)
+        first_member = answers.round.first_member
         rows = max(1, CHUNK_VALUES // max(1, f_values.shape[1]))
         for first in range(0, len(f_values), rows):
             block = f_values[first : first + rows]
             yield pb.CommitChunk(
                 f_values=pb.FValuesPart(
-                    first_index=first, count=len(block), values=block.ravel().tolist()
+                    first_index=first_member + first,
+                    count=len(block),
+                    values=block.ravel().tolist(),
                 )
             )
         yield pb.CommitChunk(
@@ -166,50 +226,51 @@ class ProverSession:
         )
 
     def prover_retrainings(self) -> int:
-        """Retrainings the prover's answer rests on: challenge members plus datamodel samples."""
-        members = 0 if self.answers is None else len(self.answers.f_values)
-        return members + int(self.strategy.attribution().num_samples)
+        """Retrainings the prover's answers rest on, as it reports them: every challenge member
+        so far, the supplied models and its datamodel's samples."""
+        members = sum(len(a.f_values) for a in self.rounds)
+        return members + self.models_supplied + int(self.strategy.attribution().num_samples)
 
-    def _begin_open(self, request: object, session_id: str) -> Answers:
-        with self.lock:
-            if self.state is not State.COMMITTED or self.answers is None:
-                raise ProtocolFault(
-                    "FAILED_PRECONDITION",
-                    f"Open is allowed once, after Commit; session is {self.state.value}",
-                )
-            if session_id != self.id:
-                raise ProtocolFault("INVALID_ARGUMENT", "open request names a different session")
-            self.transcript.append_message("v2p", request)
-            self.state = State.OPENED
-            self._touch()
-            return self.answers
+    def _round_of(self, index: int) -> Answers:
+        for answers in self.rounds:
+            if answers.round.first_member <= index < answers.spec.num_members:
+                return answers
+        total = self.rounds[-1].spec.num_members if self.rounds else 0
+        raise ProtocolFault("OUT_OF_RANGE", f"open index {index} out of range (|E| = {total})")
 
     def open(self, request: pb.OpenRequest) -> Iterator[pb.Opening]:
-        """Open the requested leaves (the revealed spot-check set C) with inclusion proofs, and
-        with each member's weights when the verifier asks (certified spot checks)."""
-        indices = list(request.indices)
-        if self.answers is not None:
-            n = len(self.answers.f_values)
-            bad = [i for i in indices if i >= n]
-            if bad:
-                raise ProtocolFault("OUT_OF_RANGE", f"open index {bad[0]} out of range (|E| = {n})")
-            if request.with_weights and self.answers.weights is None:
+        """Open the requested members (the revealed spot-check set C) with inclusion proofs in
+        their rounds' trees, and with their weights when the verifier asks (certified spot
+        checks). Allowed once; no round can follow it."""
+        indices = [int(i) for i in request.indices]
+        if len(set(indices)) != len(indices):
+            raise ProtocolFault("INVALID_ARGUMENT", "open request repeats an index")
+        with self.lock:
+            if self.state is not State.COMMITTING:
+                raise ProtocolFault(
+                    "FAILED_PRECONDITION",
+                    f"Open is allowed once, after the last round; session is {self.state.value}",
+                )
+            if request.session_id != self.id:
+                raise ProtocolFault("INVALID_ARGUMENT", "open request names a different session")
+            located = [(i, self._round_of(i)) for i in indices]
+            if request.with_weights and any(a.weights is None for _, a in located):
                 raise ProtocolFault(
                     "FAILED_PRECONDITION",
                     f"task {self.task.name!r} has no weights to open (its checks are by "
                     "retraining)",
                 )
-        if len(set(indices)) != len(indices):
-            raise ProtocolFault("INVALID_ARGUMENT", "open request repeats an index")
-        answers = self._begin_open(request, request.session_id)
+            self.transcript.append_message("v2p", request)
+            self.state = State.OPENED
+            self._touch()
         log.info(
             "session %s: opening %d spot-checked leaves%s",
             self.id[:8],
             len(indices),
             " with weights" if request.with_weights else "",
         )
-        for index in indices:
-            data = self.strategy.open(answers, int(index))
+        for index, answers in located:
+            data = self.strategy.open(answers, index)
             msg = pb.Opening(
                 index=data.index,
                 seed=data.seed,
@@ -219,29 +280,48 @@ class ProverSession:
             )
             if request.with_weights:
                 msg.weights = np.ascontiguousarray(
-                    self.strategy.open_weights(answers, int(index)), dtype="<f8"
+                    self.strategy.open_weights(answers, index), dtype="<f8"
                 ).tobytes()
             self.transcript.append_message("p2v", msg)
             yield msg
         self._touch()
 
     def open_all(self, request: pb.OpenAllRequest) -> Iterator[pb.OpeningBatch]:
-        """Open every member of E with its weights, in index order, in batches (certified mode)."""
-        if self.answers is not None and self.answers.weights is None:
-            raise ProtocolFault(
-                "FAILED_PRECONDITION",
-                f"task {self.task.name!r} has no weights to open (its checks are by retraining)",
-            )
-        answers = self._begin_open(request, request.session_id)
+        """Open every member of one round with its weights, in index order, in batches
+        (certified checks). Each round may be opened once."""
+        with self.lock:
+            if self.state is not State.COMMITTING:
+                raise ProtocolFault(
+                    "FAILED_PRECONDITION",
+                    f"OpenAll is allowed after a round; session is {self.state.value}",
+                )
+            if request.session_id != self.id:
+                raise ProtocolFault("INVALID_ARGUMENT", "open request names a different session")
+            r = int(request.round)
+            if r >= len(self.rounds) or r in self._opened_rounds:
+                raise ProtocolFault(
+                    "INVALID_ARGUMENT",
+                    f"round {r} is not a committed, unopened round ({len(self.rounds)} committed)",
+                )
+            answers = self.rounds[r]
+            if answers.weights is None:
+                raise ProtocolFault(
+                    "FAILED_PRECONDITION",
+                    f"task {self.task.name!r} has no weights to open (its checks are by "
+                    "retraining)",
+                )
+            self._opened_rounds.add(r)
+            self.transcript.append_message("v2p", request)
+            self._touch()
         n = len(answers.f_values)
-        log.info("session %s: opening all %d leaves with weights", self.id[:8], n)
+        log.info("session %s: opening all %d leaves of round %d with weights", self.id[:8], n, r)
         weights = answers.weights
-        assert weights is not None
         rows = max(1, CHUNK_VALUES // max(1, weights.shape[1] + answers.f_values.shape[1]))
+        first_member = answers.round.first_member
         for first in range(0, n, rows):
             batch = self.strategy.open_batch(answers, first, min(n, first + rows))
             msg = pb.OpeningBatch(
-                first_index=first,
+                first_index=first_member + first,
                 count=len(batch.seeds),
                 f_values=np.asarray(batch.f_values, dtype=np.float64).ravel().tolist(),
                 seeds=[int(v) for v in batch.seeds],
@@ -255,14 +335,14 @@ class ProverSession:
     def supply_models(self, request: pb.ModelsRequest) -> Iterator[pb.SuppliedModel]:
         """Train and stream the models of the verifier's revealed MSE sample M.
 
-        Allowed only after Open, so the attribution and every answer on E were committed before
-        the prover could learn anything about M.
+        Allowed after the claim: the attribution was fixed before the prover could learn
+        anything about M, and M never enters the challenge rounds.
         """
         with self.lock:
-            if self.state not in (State.OPENED, State.SUPPLYING):
+            if self.state in (State.GREETED, State.FINISHED):
                 raise ProtocolFault(
                     "FAILED_PRECONDITION",
-                    f"SupplyModels is allowed after Open; session is {self.state.value}",
+                    f"SupplyModels is allowed after Claim; session is {self.state.value}",
                 )
             if request.session_id != self.id:
                 raise ProtocolFault("INVALID_ARGUMENT", "models request names a different session")
@@ -275,7 +355,6 @@ class ProverSession:
             if request.first + request.count > MAX_TUPLES:
                 raise ProtocolFault("OUT_OF_RANGE", f"sample index beyond {MAX_TUPLES}")
             self.transcript.append_message("v2p", request)
-            self.state = State.SUPPLYING
             self._touch()
         stop = int(request.first + request.count)
         sample = PrivateSample(

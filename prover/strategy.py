@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from protocol import merkle
-from protocol.challenges import ChallengeSpec
+from protocol.challenges import ChallengeRound, ChallengeSpec
 from protocol.tasks.base import Progress, RetrainResult, Task
 
 
@@ -32,20 +32,33 @@ class Attribution:
 
 @dataclass
 class Answers:
-    """What the prover commits to for one challenge set E.
+    """What the prover commits to for one round of the challenge stream.
 
-    ``f_values`` (|E|, Z), ``seeds`` (|E|,) and ``digests`` (|E| x 32 bytes) are exactly what the
-    Merkle ``tree`` commits to, leaf i binding (i, seeds[i], f_values[i], digests[i]).
+    ``f_values`` (m, Z), ``seeds`` (m,) and ``digests`` (m x 32 bytes) are exactly what the
+    Merkle ``tree`` commits to: row i is the round's member ``round.first_member + i``, and its
+    leaf binds (that global index, seeds[i], f_values[i], digests[i]).
     """
 
-    spec: ChallengeSpec
+    round: ChallengeRound
     f_values: np.ndarray
     seeds: np.ndarray
     digests: list[bytes]
     tree: merkle.MerkleTree
     retrainings: int
-    #: (|E|, d) trained weights, kept for tasks whose checks are certified from weights.
+    #: (m, d) trained weights, kept for tasks whose checks are certified from weights.
     weights: np.ndarray | None = None
+
+    @property
+    def spec(self) -> ChallengeSpec:
+        """The challenge stream this round belongs to."""
+        return self.round.spec
+
+    def local(self, index: int) -> int:
+        """Row of global member ``index`` in this round; ``IndexError`` when it is not here."""
+        i = int(index) - self.round.first_member
+        if not 0 <= i < len(self.f_values):
+            raise IndexError(f"member {index} is not in this round")
+        return i
 
 
 @dataclass(frozen=True)
@@ -68,10 +81,6 @@ class OpeningBatchData:
     digests: list[bytes]
     weights: np.ndarray
 
-
-#: Most challenge retrainings (x and y0 members) the honest prover adds to its regression; beyond
-#: this the fit's excess error ((N+1)/K of B≥2) is negligible and the design matrix would not fit.
-REFIT_MAX_CHALLENGES = 200_000
 
 #: Challenge weights beyond this many bytes are kept in a disk-backed array (an unlinked temporary
 #: file under $TMPDIR, gone when the session ends) rather than in memory.
@@ -114,22 +123,24 @@ class ChallengeRetrainer:
         self.stall_s = stall_s
 
     def retrain(
-        self, spec: ChallengeSpec, progress: Progress | None = None
+        self, rnd: ChallengeRound, progress: Progress | None = None
     ) -> tuple[RetrainResult, np.ndarray, int]:
-        """Retrain every member of E; return (results in member order, seeds, models trained now).
+        """Retrain every member of the round; return (results in member order, seeds, models
+        trained now).
 
         Guarantees the returned rows are in member-index order and each is a pure function of
         (task, member subset, member seed).
         """
         if self.stall_s > 0:  # fault injection (tests): a prover that stalls mid-protocol
             time.sleep(self.stall_s)
+        spec = rnd.spec
         if trains_weights(self.task):
-            return self._retrain_keeping_weights(spec, progress)
+            return self._retrain_keeping_weights(rnd, progress)
         fs: list[np.ndarray] = []
         digests: list[bytes] = []
         seeds_all: list[np.ndarray] = []
         trained = 0
-        for indices, masks, seeds in spec.iter_member_batches(self.batch_size):
+        for indices, masks, seeds in spec.iter_member_batches(self.batch_size, rnd.first_member):
             if self.store is not None:
                 origins = [f"challenge:{spec.public_seed.hex()}:{int(i)}" for i in indices]
                 result = self.store.retrain_cached(  # type: ignore[attr-defined]
@@ -146,23 +157,24 @@ class ChallengeRetrainer:
         return merged, np.concatenate(seeds_all), trained
 
     def _retrain_keeping_weights(
-        self, spec: ChallengeSpec, progress: Progress | None
+        self, rnd: ChallengeRound, progress: Progress | None
     ) -> tuple[RetrainResult, np.ndarray, int]:
         from protocol.trainer import weights_digest
 
-        n = spec.num_members
+        spec, first = rnd.spec, rnd.first_member
+        n = rnd.num_members
         all_weights: np.ndarray | None = None
         f_all: np.ndarray | None = None
         digests: list[bytes] = []
         seeds_all = np.empty(n, dtype=np.uint64)
-        for indices, masks, seeds in spec.iter_member_batches(self.batch_size):
+        for indices, masks, seeds in spec.iter_member_batches(self.batch_size, first):
             w, _norms = self.task.train(masks, progress)  # type: ignore[attr-defined]
             w = np.asarray(w, dtype=np.float64)
             f = self.task.outputs(w)  # type: ignore[attr-defined]
             if all_weights is None or f_all is None:
                 all_weights = weights_buffer(n, w.shape[1])
                 f_all = np.empty((n, f.shape[1]), dtype=np.float64)
-            lo, hi = int(indices[0]), int(indices[-1]) + 1
+            lo, hi = int(indices[0]) - first, int(indices[-1]) + 1 - first
             all_weights[lo:hi] = w
             f_all[lo:hi] = f
             seeds_all[lo:hi] = seeds
@@ -184,12 +196,10 @@ class HonestStrategy:
         task: Task,
         attribution: Attribution,
         retrainer: ChallengeRetrainer | None = None,
-        reuse_challenges: bool = False,
     ) -> None:
         self.task = task
         self._attribution = attribution
         self.retrainer = retrainer or ChallengeRetrainer(task)
-        self.reuse_challenges = reuse_challenges
 
     def describe(self) -> str:
         """One line describing the strategy, for logs."""
@@ -200,66 +210,39 @@ class HonestStrategy:
         return self._attribution
 
     def tamper(
-        self, spec: ChallengeSpec, f_values: np.ndarray, seeds: np.ndarray, digests: list[bytes]
+        self, rnd: ChallengeRound, f_values: np.ndarray, seeds: np.ndarray, digests: list[bytes]
     ) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
-        """Hook for adversaries: change answers before they are committed. Honest: unchanged."""
+        """Hook for adversaries: change a round's answers (rows in the round's member order)
+        before they are committed. Honest: unchanged."""
         return f_values, seeds, digests
 
-    def answer(self, spec: ChallengeSpec, progress: Progress | None = None) -> Answers:
-        """Retrain all of E, then commit: leaves bind (index, seed, f-values, weights digest)."""
-        result, seeds, trained = self.retrainer.retrain(spec, progress)
-        if self.reuse_challenges:
-            self._refit_with_challenges(spec, result.f)
-        f_values, seeds, digests = self.tamper(spec, result.f, seeds, list(result.weights_digests))
-        leaves = merkle.build_leaves(np.arange(len(f_values)), seeds, f_values, digests)
+    def answer(self, rnd: ChallengeRound, progress: Progress | None = None) -> Answers:
+        """Retrain the round's members, then commit: each leaf binds (global index, seed,
+        f-values, weights digest). The claim was fixed before the round existed."""
+        result, seeds, trained = self.retrainer.retrain(rnd, progress)
+        f_values, seeds, digests = self.tamper(rnd, result.f, seeds, list(result.weights_digests))
+        leaves = merkle.build_leaves(rnd.members, seeds, f_values, digests)
         tree = merkle.MerkleTree(leaves)
-        return Answers(spec, f_values, seeds, digests, tree, trained, result.weights)
-
-    def _refit_with_challenges(self, spec: ChallengeSpec, f_values: np.ndarray) -> None:
-        """Refit the datamodel on its own samples plus this challenge's x and y0 members.
-
-        Statistically valid: the x and y0 members of every tuple are independent B_p subsets with
-        independent seeds, and the verifier's MSE sample M stays independent of all of them, so
-        the MSE estimate of the refitted (c, a) is unbiased. The ρ-correlated members are left out
-        (they are not independent draws).
-        """
-        base = self._attribution
-        if base.training_masks is None or base.training_f is None:
-            return
-        from prover.datamodel import fit_datamodel
-
-        members = np.arange(spec.num_members)
-        # the first REFIT_MAX_CHALLENGES independent members: a data-independent choice that
-        # keeps the regression's memory bounded on plans with millions of challenges
-        iid = members[(members % 4) < 2][:REFIT_MAX_CHALLENGES]
-        masks = np.concatenate([base.training_masks, spec.member_masks(iid)])
-        f = np.concatenate([base.training_f, f_values[iid]])
-        model = fit_datamodel(masks, f, method="auto")
-        self._attribution = Attribution(
-            intercepts=model.intercepts,
-            coefficients=model.coefficients,
-            method=f"{model.method} on {len(base.training_f)} samples + {len(iid)} challenge "
-            "retrainings",
-            num_samples=base.num_samples,
-        )
+        return Answers(rnd, f_values, seeds, digests, tree, trained, result.weights)
 
     def open(self, answers: Answers, index: int) -> OpeningData:
-        """Open leaf ``index`` faithfully, with its inclusion proof."""
+        """Open global member ``index`` of this round faithfully, with its inclusion proof."""
+        i = answers.local(index)
         return OpeningData(
             index=index,
-            seed=int(answers.seeds[index]),
-            f_values=answers.f_values[index],
-            weights_digest=answers.digests[index],
-            proof=answers.tree.proof(index),
+            seed=int(answers.seeds[i]),
+            f_values=answers.f_values[i],
+            weights_digest=answers.digests[i],
+            proof=answers.tree.proof(i),
         )
 
     def open_weights(self, answers: Answers, index: int) -> np.ndarray:
-        """The trained weights behind leaf ``index`` (certified spot checks): (d+1,) float64."""
+        """The trained weights behind global member ``index`` (certified spot checks)."""
         assert answers.weights is not None
-        return np.asarray(answers.weights[index], dtype=np.float64)
+        return np.asarray(answers.weights[answers.local(index)], dtype=np.float64)
 
     def open_batch(self, answers: Answers, first: int, stop: int) -> OpeningBatchData:
-        """Open leaves [first, stop) faithfully with their weights (certified mode)."""
+        """Open the round's rows [first, stop) faithfully with their weights (certified mode)."""
         assert answers.weights is not None
         return OpeningBatchData(
             seeds=answers.seeds[first:stop],

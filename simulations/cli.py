@@ -5,11 +5,11 @@
 * ``simulations run [--quick] [--json] [--grpc] [--real] ...``: sweep adversary × strength × ε ×
   trials against the real verifier; resumable (``OUT/cells.jsonl``), writes ``table.md`` and plots.
 * ``simulations list``: the catalogue.
-* ``simulations validity|catch-rate [--trials N] [--report DIR] [--json] [--quick]``: the
-  Monte-Carlo grids of the practical verifier (:mod:`simulations.validity`); exit 1 if a cell
-  shows a violation of the guarantee (err ≥ ε accepted more often than δ).
-* ``simulations merge-trials SRC... --into DEST``: append the trials DEST lacks (a cell split by
-  ``--first``); refuses a trial that differs from the kept one.
+* ``simulations validity [--trials N] [--report DIR] [--json] [--quick]``: the Monte-Carlo
+  validity grid of the practical verifier (:mod:`simulations.validity`); exit 1 if a cell shows a
+  violation of the guarantee (err ≥ ε accepted more often than δ).
+* ``simulations merge-trials SRC... --into DEST``: append the trials DEST lacks (a grid split by
+  ``--first``/``--step``); refuses a trial that differs from the kept one.
 
 Exit codes: 0 done, 2 bad input or startup error, 130 interrupted (finished cells are kept).
 """
@@ -25,23 +25,27 @@ from typing import Any
 
 log = logging.getLogger("simulations")
 
-#: The quick grid: every adversary at one or two strengths, ε = 0.2, small sizes, 4 trials.
+#: The quick grid at ε = 0.2 on synthetic n = 100 (B_1 = 0.8, B≥2 = 0.2): every adversary at
+#: strengths with err ≥ 1.25ε (scale 0.44, boost 0.16 and intercept 0.5 keep msê ≤ Var f / 2,
+#: so the naive verifier accepts them), the answer attacks at small fractions, 2 trials each.
 QUICK_GRID: dict[str, tuple[float, ...]] = {
     "honest": (1.0,),
-    "scale": (0.5, 0.0),
-    "boost": (0.1, 0.2),
-    "noise": (0.03, 0.06),
-    "intercept": (0.3, 0.6),
-    "weak": (2000.0, 150.0),
-    "lazy": (0.01, 0.1),
-    "targeted": (0.5,),
+    "scale": (0.44, 0.3),
+    "boost": (0.16, 0.2),
+    "noise": (0.06,),
+    "intercept": (0.5,),
+    "weak": (60.0,),
+    "lazy": (0.01,),
+    "targeted": (0.3,),
     "wrong-subset": (0.01,),
     "wrong-seed": (0.01,),
     "equivocate": (0.01,),
     "replay": (0.1,),
-    "fp-noise": (1e-10, 1e-6),
+    "fp-noise": (1e-10,),
 }
-QUICK_SIZES = {"pairs": 10_000, "spot_checks": 64, "mse_samples": 4_000, "trials": 4}
+QUICK_SIZES = {"pairs": 10_000, "spot_checks": 64, "mse_samples": 4_000, "trials": 2}
+#: Lies the targeted adversary spends in a sweep (it cannot see the verifier's m*).
+SWEEP_LIES = 64
 #: Real-task cells (``--real``): scaling and boosting on digits-logreg, certified checks.
 REAL_GRID: dict[str, tuple[float, ...]] = {"honest": (1.0,), "scale": (0.5, 0.0), "boost": (0.05,)}
 REAL_SIZES = {"pairs": 1_000, "mse_samples": 1_000, "trials": 3}
@@ -91,13 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     run = sub.add_parser("run", help="sweep adversary × strength × ε × trials")
-    run.add_argument("--quick", action="store_true", help="small fixed-seed grid (~1 minute)")
+    run.add_argument("--quick", action="store_true", help="small fixed-seed grid (minutes)")
     run.add_argument("--json", action="store_true", help="print one JSON object with the cells")
     run.add_argument("--grpc", action="store_true", help="over real gRPC servers, not in-process")
     run.add_argument("--real", action="store_true", help="also scaling/boosting on digits-logreg")
     run.add_argument("--out", type=Path, default=None, help="output dir (default runs/sweep…)")
     run.add_argument("--task", default=None, help="synthetic task selector")
-    run.add_argument("--mode", choices=["manual", "practical"], default="manual")
+    run.add_argument("--mode", choices=["practical", "manual"], default="practical")
     run.add_argument("--adversaries", default=None, help="comma-separated subset of the grid")
     run.add_argument("--strengths", type=_floats, default=None, help="override every strength")
     run.add_argument("--epsilons", type=_floats, default=None)
@@ -120,45 +124,26 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("sources", type=Path, nargs="+", help="trials.jsonl files to read")
     merge.add_argument("--into", type=Path, required=True, help="the trials.jsonl to extend")
 
-    for name, helptext in (
-        ("validity", "Monte-Carlo validity grid of the practical verifier (ε × N × Z)"),
-        ("catch-rate", "Monte-Carlo catch rates of every adversary (practical mode)"),
-    ):
-        mc = sub.add_parser(name, help=helptext)
-        mc.add_argument(
-            "--trials", type=int, default=None, help="trials per cell (200; --quick: 20)"
-        )
-        mc.add_argument("--out", type=Path, default=Path("runs") / name, help="trials.jsonl dir")
-        mc.add_argument("--report", type=Path, default=None, help="write table.md and PNG here")
-        mc.add_argument("--json", action="store_true", help="print one JSON object with the rows")
-        mc.add_argument("--quick", action="store_true", help="a small fixed-seed grid (minutes)")
-        mc.add_argument("--seed", type=int, default=0)
-        mc.add_argument(
-            "--first",
-            type=int,
-            default=0,
-            help="run trials FIRST..TRIALS-1 only (split one cell over processes; trials are "
-            "keyed by index, so the split does not change them)",
-        )
-        mc.add_argument("--delta", type=float, default=0.05)
-        mc.add_argument("--no-progress", action="store_true")
-        mc.add_argument(
-            "--no-run", action="store_true", help="only report the trials already in --out"
-        )
-        if name == "validity":
-            mc.add_argument("--epsilons", type=_floats, default=(0.2, 0.1, 0.05))
-            mc.add_argument("--ns", type=_floats, default=(100, 10_000))
-            mc.add_argument("--zs", type=_floats, default=(1, 10))
-            mc.add_argument(
-                "--draws",
-                type=int,
-                choices=(1, 2),
-                default=None,
-                help="draw version of every cell (default: 1 for the cells committed with it, "
-                "else 2; docs/validity.md)",
-            )
-        else:
-            mc.add_argument("--epsilon", type=float, default=0.2)
+    mc = sub.add_parser("validity", help="Monte-Carlo validity grid of the practical verifier")
+    mc.add_argument("--trials", type=int, default=None, help="trials per cell (200; --quick: 4)")
+    mc.add_argument("--out", type=Path, default=Path("runs") / "validity", help="trials.jsonl dir")
+    mc.add_argument("--report", type=Path, default=None, help="write table.md and PNG here")
+    mc.add_argument("--json", action="store_true", help="print one JSON object with the rows")
+    mc.add_argument("--quick", action="store_true", help="one small cell, 4 trials (minutes)")
+    mc.add_argument("--seed", type=int, default=0)
+    mc.add_argument(
+        "--first",
+        type=int,
+        default=0,
+        help="run trials FIRST, FIRST+STEP, … only (split a grid over processes; trials are "
+        "keyed by index, so the split does not change them)",
+    )
+    mc.add_argument("--step", type=int, default=1, help="stride of the trials this run takes")
+    mc.add_argument("--no-progress", action="store_true")
+    mc.add_argument("--no-run", action="store_true", help="only report the trials in --out")
+    mc.add_argument("--epsilons", type=_floats, default=(0.2, 0.1), help="ε relative to Var f")
+    mc.add_argument("--ns", type=_floats, default=(100, 10_000))
+    mc.add_argument("--zs", type=_floats, default=(1, 10))
     return parser
 
 
@@ -167,7 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from protocol.accounting import plan_manual
     from protocol.tasks import load_task
     from prover.server import run_prover
     from prover.servicer import ProverServicer
@@ -179,19 +163,7 @@ def _serve(args: argparse.Namespace) -> int:
     # Same policy as prover serve: plain text only on loopback (no TLS flags here).
     check_plaintext_policy(args.host, tls=False, insecure_plaintext=False)
     task = load_task(args.task)
-    m_star = args.lie_allowance
-    if m_star is None:
-        m_star = plan_manual(
-            epsilon=args.epsilon,
-            delta=0.05,
-            output_bound=task.output_bound,
-            tolerance=task.tolerance,
-            num_targets=task.num_targets,
-            pairs_per_level=args.pairs,
-            spot_checks=args.spot_checks,
-            mse_samples=4_000,
-            rho=0.25,
-        ).lie_allowance
+    m_star = SWEEP_LIES if args.lie_allowance is None else args.lie_allowance
     context = AttackContext(epsilon=args.epsilon, lie_allowance=m_star, seed=args.seed)
     attribution = honest_attribution(task, args.honest_samples, args.seed)
 
@@ -261,12 +233,12 @@ def _config(args: argparse.Namespace) -> Any:
     return SweepConfig(
         task=args.task or SYNTHETIC_TASK,
         mode=args.mode,
-        pairs=args.pairs or sizes["pairs"],
-        spot_checks=args.spot_checks or sizes["spot_checks"],
-        mse_samples=args.mse_samples or sizes["mse_samples"],
+        pairs=_given(args.pairs, sizes["pairs"]),
+        spot_checks=_given(args.spot_checks, sizes["spot_checks"]),
+        mse_samples=_given(args.mse_samples, sizes["mse_samples"]),
         rho=args.rho,
         delta=args.delta,
-        trials=args.trials or sizes["trials"],
+        trials=_given(args.trials, sizes["trials"]),
         seed=args.seed,
         grpc=args.grpc,
     )
@@ -342,33 +314,27 @@ def _print_table(records: list[dict[str, Any]], out: Path, computed: int, reused
     Console().print(table)
 
 
-#: ``--quick`` Monte-Carlo grids: 20 trials; validity at a larger ε keeps its plan small (about
-#: two seconds per trial); catch-rate keeps ε (about ten seconds per trial).
-QUICK_MC = {"epsilon": 0.5, "trials": 20}
+def _given(value: Any, default: Any) -> Any:
+    """``value`` unless the flag was not given (None): an explicit 0 is kept, to be refused."""
+    return default if value is None else value
 
 
 def _montecarlo(args: argparse.Namespace) -> int:
-    from simulations.validity import catalogue_cells, run_cells, validity_cells
+    from simulations.validity import QUICK_CELL, run_cells, validity_cells
 
-    trials = args.trials or (QUICK_MC["trials"] if args.quick else 200)
+    trials = args.trials if args.trials is not None else (4 if args.quick else 200)
     if trials < 1:
         raise ValueError("--trials must be >= 1")
     if not 0 <= args.first < trials:
         raise ValueError(f"--first must lie in [0, --trials), got {args.first}")
-    if args.command == "validity":
-        eps = (QUICK_MC["epsilon"],) if args.quick else args.epsilons
-        ns = (100,) if args.quick else tuple(int(n) for n in args.ns)
-        zs = (1,) if args.quick else tuple(int(z) for z in args.zs)
-        cells = validity_cells(eps, ns, zs, args.delta, args.draws)
-    else:
-        cells = catalogue_cells(args.epsilon, args.delta)  # --quick: fewer trials, same ε
+    cells = [QUICK_CELL] if args.quick else validity_cells(args.epsilons, args.ns, args.zs)
     progress: Any = None
     bar: Any = None
     if args.no_run:
         path = args.out / "trials.jsonl"
         if not path.exists():
             raise ValueError(f"--no-run: no trials file at {path}")
-        return _mc_report(args, cells, path, None)
+        return _mc_report(args, cells, path)
     if not args.no_progress and not args.json:
         from rich.progress import Progress
 
@@ -380,29 +346,25 @@ def _montecarlo(args: argparse.Namespace) -> int:
             bar.update(tasks[cell.key()], completed=done)
 
     try:
-        path = run_cells(
-            cells, trials, args.out, seed=args.seed, progress=progress, first=args.first
-        )
+        path = run_cells(cells, trials, args.out, seed=args.seed, progress=progress,
+                         first=args.first, step=args.step)  # fmt: skip
     finally:
         if bar is not None:
             bar.stop()
-    return _mc_report(args, cells, path, trials)
+    return _mc_report(args, cells, path)
 
 
-def _mc_report(args: argparse.Namespace, cells: list[Any], path: Path, trials: int | None) -> int:
+def _mc_report(args: argparse.Namespace, cells: list[Any], path: Path) -> int:
     from simulations.validity import summarise, verdict_on_row
-    from simulations.validity_report import markdown_table, plot_acceptance, plot_grid
+    from simulations.validity_report import markdown_table, plot_grid
 
-    rows = [r for r in summarise(cells, path, trials) if r["trials"]]
+    rows = [r for r in summarise(cells, path) if r["trials"]]
     for r in rows:
         r["against_guarantee"] = verdict_on_row(r)
     if args.report is not None:
         args.report.mkdir(parents=True, exist_ok=True)
         (args.report / "table.md").write_text(markdown_table(rows), encoding="utf-8")
-        if args.command == "validity":
-            plot_grid(rows, args.report / "validity.png")
-        else:
-            plot_acceptance(rows, args.report / "catch-rate.png", "Practical verifier vs naive")
+        plot_grid(rows, args.report / "validity.png")
     if args.json:
         print(json.dumps({"command": args.command, "trials_file": str(path), "cells": rows}))
     else:
@@ -433,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "run":
             return _run(args)
-        if args.command in ("validity", "catch-rate"):
+        if args.command == "validity":
             return _montecarlo(args)
         if args.command == "merge-trials":
             from simulations.validity import merge_trials

@@ -70,28 +70,33 @@ class InProcessTransport:
         self.session = ProverSession(self.task, self.strategy, request)
         return _copy(self.session.hello_reply(self.prover_info))
 
+    def claim(self, request: pb.ClaimRequest) -> Iterable[pb.ClaimChunk]:
+        """Step 2: the prover's claim."""
+        session = self._require("Claim")
+        return self._stream("Claim", lambda: session.claim(_copy(request)))
+
     def commit(self, request: pb.ChallengeRequest) -> Iterable[pb.CommitChunk]:
-        """Step 2: the prover's commitment stream."""
+        """A challenge round's commitment stream."""
         session = self._require("Commit")
         return self._stream("Commit", lambda: session.commit(_copy(request)))
 
     def open(self, request: pb.OpenRequest) -> Iterable[pb.Opening]:
-        """Step 3: openings of the revealed spot-check set."""
+        """Openings of the revealed spot-check set."""
         session = self._require("Open")
         return self._stream("Open", lambda: session.open(_copy(request)))
 
     def open_all(self, request: pb.OpenAllRequest) -> Iterable[pb.OpeningBatch]:
-        """Step 3 (certified): every member with its weights."""
+        """Certified checks: every member of a round with its weights."""
         session = self._require("OpenAll")
         return self._stream("OpenAll", lambda: session.open_all(_copy(request)))
 
     def supply_models(self, request: pb.ModelsRequest) -> Iterable[pb.SuppliedModel]:
-        """Step 3b (certified): the revealed MSE sample's models."""
+        """Certified checks: the revealed MSE sample's models."""
         session = self._require("SupplyModels")
         return self._stream("SupplyModels", lambda: session.supply_models(_copy(request)))
 
     def finish(self, request: pb.FinishRequest) -> pb.FinishReply:
-        """Step 4: the prover's transcript hash."""
+        """The prover's transcript hash."""
         session = self._require("Finish")
         try:
             return _copy(session.finish(_copy(request)))

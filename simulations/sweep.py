@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -27,36 +25,23 @@ from typing import Any
 
 import numpy as np
 
-from protocol.accounting import Plan, plan_manual
+from protocol.rules.base import CheckMode
 from protocol.tasks import load_task
 from protocol.tasks.base import Task
 from prover.strategy import Attribution, HonestStrategy
 from simulations.adversaries import AttackContext, make_adversary, resolve, strategy_true_err
 from simulations.inprocess import InProcessTransport
+from simulations.stats import wilson_interval
 from verifier.driver import run_protocol
-from verifier.session import LocalWork, VerificationResult, VerifierSession
+from verifier.session import VerificationResult, VerifierSession
 
 log = logging.getLogger("simulations")
 
-#: z for a two-sided 95% Wilson interval.
-WILSON_Z = 1.959963984540054
 #: The naive verifier accepts when msê ≤ (1 − R2_MIN)·Var̂ f.
 R2_MIN = 0.5
 #: Default synthetic task of the sweeps: N = 100 points, one target, Var f = 1, B_1 = 0.8.
 SYNTHETIC_TASK = "synthetic:n=100,z=1,p=0.5,seed=0"
 REAL_TASK = "digits-logreg:z=1"
-
-
-def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[float, float]:
-    """The Wilson score interval for a binomial proportion (95% by default); (0, 1) if no trials."""
-    if trials <= 0:
-        return 0.0, 1.0
-    p = successes / trials
-    denom = 1.0 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denom
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    # the interval always contains p (rounding can push an endpoint past it when p is 0 or 1)
-    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,7 +53,7 @@ class SweepConfig:
     """Everything about a sweep except the grid. Part of each cell's resume key."""
 
     task: str = SYNTHETIC_TASK
-    mode: str = "manual"
+    mode: str = "practical"
     pairs: int = 20_000
     spot_checks: int = 64
     mse_samples: int = 4_000
@@ -81,6 +66,16 @@ class SweepConfig:
     grpc: bool = False
     #: Honest attribution for non-synthetic tasks: regression on this many retrainings.
     honest_samples: int = 2_000
+    #: Practical mode's caps (beyond them a run is inconclusive).
+    max_mse_samples: int = 200_000
+    max_tuples: int = 2_000_000
+
+    def __post_init__(self) -> None:
+        for name, least in (("trials", 1), ("pairs", 1), ("spot_checks", 0), ("mse_samples", 2)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < least:
+                raise ValueError(f"{name.replace('_', '-')} must be an integer >= {least}, "
+                                 f"got {value!r}")  # fmt: skip
 
     def key(self) -> str:
         """A short hash of the configuration (cells of another configuration are not reused)."""
@@ -100,57 +95,24 @@ class CellSpec:
         return f"{config.key()}|{self.adversary}|{self.strength!r}|{self.epsilon!r}"
 
 
-def _plan_manual(task: Task, epsilon: float, config: SweepConfig, checks: str) -> Plan:
-    certified = checks == "certified"
-    return plan_manual(
+def make_plan(task: Task, epsilon: float, config: SweepConfig, checks: str) -> Any:
+    """(plan, checks) for one cell, by the verifier's own planner (``config.mode``)."""
+    from protocol.rules.base import RuleName
+    from verifier.planning import PlanOptions, make_verifier_plan
+
+    options = PlanOptions(
+        mode=RuleName(config.mode),
         epsilon=epsilon,
         delta=config.delta,
-        output_bound=task.output_bound,
-        tolerance=task.tolerance,
-        num_targets=task.num_targets,
-        pairs_per_level=config.pairs,
-        spot_checks=4 * config.pairs if certified else config.spot_checks,
+        checks=checks,
+        max_mse_samples=config.max_mse_samples,
+        max_tuples=config.max_tuples,
+        pairs=config.pairs,
+        spot_checks=config.spot_checks,
         mse_samples=config.mse_samples,
         rho=config.rho,
     )
-
-
-def _plan_practical(task: Task, epsilon: float, config: SweepConfig, checks: str) -> Plan:
-    """Practical sizing: a pilot the verifier retrains itself predicts the sizes."""
-    from verifier.practical_flow import make_practical_plan
-
-    plan, _pilot = make_practical_plan(
-        task,
-        config.delta,
-        epsilon=epsilon,
-        epsilon_rel=None,
-        certified=checks == "certified",
-        max_mse_samples=max(config.mse_samples, 2),
-    )
-    return plan  # type: ignore[return-value]
-
-
-#: Plan builders by mode: switching the sweep to another mode is one entry here.
-PLANNERS: dict[str, Callable[[Task, float, SweepConfig, str], Plan]] = {
-    "manual": _plan_manual,
-    "practical": _plan_practical,
-}
-
-
-def make_plan(task: Task, epsilon: float, config: SweepConfig, checks: str) -> Plan:
-    """The plan for one cell (``config.mode`` picks the planner)."""
-    if config.mode not in PLANNERS:
-        raise ValueError(f"unknown mode {config.mode!r}; choose one of {', '.join(PLANNERS)}")
-    return PLANNERS[config.mode](task, epsilon, config, checks)
-
-
-def resolve_checks(task: Task, checks: str) -> str:
-    """'certified' or 'retrain' ('auto': certified where the task supports it)."""
-    from protocol.certify import supports_certified_checks
-
-    if checks == "auto":
-        return "certified" if supports_certified_checks(task) else "retrain"
-    return checks
+    return make_verifier_plan(options, task)
 
 
 _ATTRIBUTIONS: dict[tuple[str, int, int], Attribution] = {}
@@ -184,60 +146,26 @@ def honest_attribution(task: Task, samples: int = 2_000, seed: int = 0) -> Attri
 # one trial
 
 
-class RecordingVerifierSession(VerifierSession):
-    """A ``VerifierSession`` that keeps its MSE-sample work so a naive verdict can be computed.
+def naive_verdict(session: VerifierSession, r2_min: float, samples: int = 4_000) -> dict[str, Any]:
+    """The naive check on this run's own MSE sample: accept iff msê_t ≤ (1 − r2_min)·Var̂ f_t ∀t.
 
-    Recording only: every check and the decision are the parent's, unchanged.
+    It judges the members of M the run consumed; if the run stopped before any, it retrains a
+    fresh slice of M (the verifier's own models). An incomplete claim is a naive reject.
     """
+    from protocol.decision import datamodel_predictions
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.recorded: LocalWork | None = None
-        self.recorded_event = threading.Event()
-
-    def _local_work(self, progress: Any) -> LocalWork:
-        try:
-            work = super()._local_work(progress)
-            self.recorded = work
-            return work
-        finally:
-            self.recorded_event.set()
-
-    def certified_local_work(self) -> LocalWork:
-        """As the parent's, recorded."""
-        work = super().certified_local_work()
-        self.recorded = work
-        self.recorded_event.set()
-        return work
-
-    def naive_verdict(self, r2_min: float, wait_s: float = 120.0) -> dict[str, Any]:
-        """Naive check on this run's MSE sample: accept iff msê_t ≤ (1 − r2_min)·Var̂ f_t ∀t.
-
-        The MSE sample is the verifier's own; if the run stopped before it was retrained, it is
-        retrained now (``_local_work``). An incomplete attribution is a naive reject.
-        """
-        from protocol.decision import datamodel_predictions
-
-        if self.recorded is None and self.checks == "retrain" and self.session_id:
-            self.recorded_event.wait(wait_s)  # started right after Hello; let it finish
-        work = self.recorded
-        if work is None:
-            work = VerifierSession._local_work(self, None)
-        masks, f = work.mse_masks, work.mse_f
-        if len(f) < 2 and self.practical:
-            # Practical mode consumes M sequentially: judge on what it consumed, or on a fresh
-            # slice of M when the run stopped before any (e.g. a failed spot check).
-            masks, f = self.consumed_mse_sample()
-            if len(f) < 2:
-                self.retrain_mse(0, min(self.plan.mse_samples, 4000))
-                masks, f = self.consumed_mse_sample()
-        if not (np.all(np.isfinite(self.intercepts)) and np.all(np.isfinite(self.coefficients))):
-            return {"accept": False, "mse_hat": None, "var_hat": None}
-        pred = datamodel_predictions(masks, self.intercepts, self.coefficients)
-        mse = np.mean((f - pred) ** 2, axis=0)
-        var = np.var(f, axis=0, ddof=1)
-        accept = bool(np.all(mse <= (1.0 - r2_min) * var))
-        return {"accept": accept, "mse_hat": mse.tolist(), "var_hat": var.tolist()}
+    if not (np.all(np.isfinite(session.intercepts)) and np.all(np.isfinite(session.coefficients))):
+        return {"accept": False, "mse_hat": None, "var_hat": None}
+    masks, f = session.consumed_mse_sample()
+    if len(f) < 2:
+        idx = np.arange(min(samples, session.mse_sample.size))
+        masks = session.mse_sample.masks(idx)
+        f = np.asarray(session.task.retrain(masks, session.mse_sample.seeds(idx)).f)
+    pred = datamodel_predictions(masks, session.intercepts, session.coefficients)
+    mse = np.mean((f - pred) ** 2, axis=0)
+    var = np.var(f, axis=0, ddof=1)
+    accept = bool(np.all(mse <= (1.0 - r2_min) * var))
+    return {"accept": accept, "mse_hat": mse.tolist(), "var_hat": var.tolist()}
 
 
 @dataclass
@@ -255,15 +183,15 @@ class TrialOutcome:
 
 def run_trial(
     task: Task,
-    plan: Plan,
+    plan: Any,
     strategy: HonestStrategy,
-    checks: str,
+    checks: CheckMode,
     r2_min: float = R2_MIN,
     address: str | None = None,
 ) -> TrialOutcome:
     """One run of the real driver against ``strategy`` (in-process, or the server at address)."""
     started = time.monotonic()
-    session = RecordingVerifierSession(task, plan, checks=checks)
+    session = VerifierSession(task, plan, checks=checks)
     result: VerificationResult
     if address is None:
         result = run_protocol(session, InProcessTransport(task, strategy))
@@ -275,7 +203,7 @@ def run_trial(
             result = run_protocol(session, transport)
         finally:
             transport.close()
-    naive = session.naive_verdict(r2_min)
+    naive = naive_verdict(session, r2_min)
     return TrialOutcome(
         verdict=result.verdict,
         reason=result.reason,
@@ -288,19 +216,18 @@ def run_trial(
 
 
 def reason_kind(outcome: TrialOutcome) -> str:
-    """A short category of why a run ended: accept, mse, spot-check, opening, error, other.
-
-    "other" is any other rejection (e.g. a failed certified check)."""
-    if outcome.verdict == "accept":
-        return "accept"
+    """A short category of why a run ended: accept, inconclusive, err (err > ε certified),
+    spot-check, opening, error or other (e.g. a failed certified check)."""
+    if outcome.verdict in ("accept", "inconclusive"):
+        return outcome.verdict
     if outcome.verdict != "reject":
         return "error"
     r = outcome.reason
-    if r.startswith("reject:") and "msê" in r:
-        return "mse"
+    if "err > ε" in r or "msê" in r:
+        return "err"
     if "spot check" in r:
         return "spot-check"
-    if r.startswith("open:"):
+    if "open" in r.split(":", 1)[0] or "Merkle" in r or "equivocation" in r:
         return "opening"
     return "other"
 
@@ -332,11 +259,10 @@ def run_cell(
     advance: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``config.trials`` trials of one cell; return its JSON-ready record."""
-    checks = resolve_checks(task, config.checks)
-    plan = make_plan(task, cell.epsilon, config, checks)
+    plan, checks = make_plan(task, cell.epsilon, config, config.checks)
     attribution = honest_attribution(task, config.honest_samples, config.seed)
     context = AttackContext(
-        epsilon=cell.epsilon, lie_allowance=plan.lie_allowance, seed=config.seed
+        epsilon=cell.epsilon, lie_allowance=getattr(plan, "lie_allowance", None), seed=config.seed
     )
     strategy = make_adversary(cell.adversary, cell.strength, task, attribution, context=context)
     true_err = strategy_true_err(strategy)
@@ -359,8 +285,8 @@ def cell_record(
     task: Task,
     cell: CellSpec,
     config: SweepConfig,
-    plan: Plan,
-    checks: str,
+    plan: Any,
+    checks: CheckMode,
     true_err: float | None,
     outcomes: list[TrialOutcome],
     started: float,
@@ -378,7 +304,7 @@ def cell_record(
         "config_key": config.key(),
         "task": config.task,
         "mode": config.mode,
-        "checks": checks,
+        "checks": checks.value,
         "transport": "grpc" if config.grpc else "in-process",
         "adversary": cell.adversary,
         "strength": cell.strength,
@@ -401,16 +327,7 @@ def cell_record(
         "verifier_retrainings": float(np.mean([o.verifier_retrainings for o in outcomes])),
         "prover_retrainings": float(np.mean([o.prover_retrainings for o in outcomes])),
         "lies_mean": float(np.mean(lies)) if lies else None,
-        "plan": {
-            "pairs_per_level": plan.pairs_per_level,
-            "num_members": plan.num_members,
-            "spot_checks": plan.spot_checks,
-            "mse_samples": plan.mse_samples,
-            "rho": plan.rho,
-            "lie_allowance": plan.lie_allowance,
-            "epsilon_certified": plan.budget.get("epsilon_certified"),
-            "guarantee_met": getattr(plan, "guarantee_met", None),
-        },
+        "plan": plan.to_dict(),
         "seconds": time.monotonic() - started,
     }
 

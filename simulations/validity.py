@@ -1,11 +1,11 @@
-"""Resumable Monte-Carlo grids of the practical verifier: the validity grid (issue #4: ε × N × Z,
-honest and err = ε provers, the targeted few-lies attack) and the catch-rate catalogue (issue #5:
-every adversary at strengths with err ≥ ε, beside the naive verifier).
+"""The validity grid of the practical verifier, resumable: ε × N × Z on the exact synthetic task.
 
-Each finished trial is appended to ``trials.jsonl`` (flushed and fsynced) with its cell key; a
-rerun skips the trials already there, so an interrupted grid loses at most the trial in flight.
-Aggregation gives, per (cell, prover): acceptance with a 95% Wilson interval, the naive verifier's
-acceptance, the exact err, why runs were rejected, and both sides' retrainings.
+Per cell and trial, five provers face the same randomness: the honest datamodel, the datamodel
+scaled to err = ε and to err = 2ε exactly, the targeted prover (err = ε plus the m* lies that
+raise the residual samples most), and the exploiting prover (err = ε, its claim chosen to make
+the MSE bound as narrow as it can without knowing M or E). Each finished trial is appended to
+``trials.jsonl`` (flushed and fsynced) with its cell key; a rerun skips the trials already
+there, so an interrupted grid loses at most the trial in flight.
 """
 
 from __future__ import annotations
@@ -16,141 +16,132 @@ import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from protocol.practical import PracticalPlan
-from protocol.tasks import load_task
-from simulations.adversaries import AttackContext
-from simulations.montecarlo import (
-    PILOT_TUPLES,
-    ProverModel,
-    cell_plan,
-    check_draws,
-    require_exact_synthetic,
-    resolve_engine,
-    run_trial,
-    scale_for_err,
-    true_err,
+from protocol.rules.base import CheckMode
+from protocol.rules.practical import (
+    DEFAULT_MSE_CAP,
+    DEFAULT_TUPLE_CAP,
+    PracticalPlan,
+    make_plan,
 )
-from simulations.sweep import honest_attribution, wilson_interval
+from protocol.tasks import load_task
+from simulations.montecarlo import (
+    TrialDraws,
+    derive_rng,
+    exploit_claim,
+    judge,
+    make_claim,
+    require_exact_synthetic,
+    scale_for_err,
+)
+from simulations.stats import wilson_interval
 
-#: Default failure probability of the grids.
+#: Default failure probability of the grid.
 DELTA = 0.05
-#: Pilot tuples for the validity grid's plans (the catalogue keeps the engine default).
-VALIDITY_PILOT = 4096
-#: Cap on the sequential MSE sample (the plan's predicted need is far below it at these ε).
-MAX_MSE = 200_000
+#: The provers of every cell, in order.
+PROVERS = ("honest", "scale-eps", "scale-2eps", "targeted-eps", "exploit-eps")
+#: Version of the trial computation; part of every cell key (a change makes new cells).
+ENGINE = "practical-v2"
 
 
 @dataclass(frozen=True)
 class GridCell:
-    """One cell: a synthetic task, ε (absolute; Var f = 1 on the default synthetic task), δ and
-    the prover models judged on the same randomness in each trial."""
+    """One cell: ε relative to Var f, N, Z (δ = 0.05, retraining spot checks, the CLI's caps)."""
 
-    task: str
     epsilon: float
-    delta: float
-    provers: tuple[ProverModel, ...]
-    label: str = ""
-    #: Tuples of the seeded sizing pilot (more tuples: sizes closer to the real need).
-    pilot_tuples: int = PILOT_TUPLES
-    #: Draw version of the challenge tuples (``simulations.montecarlo.DRAW_VERSIONS``).
-    draws: int = 1
+    n: int
+    z: int
+    delta: float = DELTA
+    mse_cap: int = DEFAULT_MSE_CAP
+    tuple_cap: int = DEFAULT_TUPLE_CAP
+
+    @property
+    def task(self) -> str:
+        """The synthetic task's selector."""
+        return f"synthetic:n={self.n},z={self.z},p=0.5,seed=0"
+
+    @property
+    def label(self) -> str:
+        """A readable name."""
+        return f"ε={self.epsilon:g}·Var f N={self.n} Z={self.z}"
 
     def key(self) -> str:
-        """Stable key of the cell (task, ε, δ, provers, pilot size, draw version): trials of
-        other cells are never mixed."""
-        parts: list[Any] = [self.task, self.epsilon, self.delta, [asdict(p) for p in self.provers]]
-        if self.pilot_tuples != PILOT_TUPLES:
-            parts.append(self.pilot_tuples)
-        if check_draws(self.draws) != 1:
-            parts.append(["draws", self.draws])
-        raw = json.dumps(parts, sort_keys=True)
+        """Stable key of the cell and the engine version: trials of other cells never mix."""
+        raw = json.dumps(
+            [ENGINE, self.task, self.epsilon, self.delta, self.mse_cap, self.tuple_cap, PROVERS]
+        )
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
+    def plan(self) -> PracticalPlan:
+        """The practical plan of this cell, exactly as ``verifier verify`` would make it."""
+        task = require_exact_synthetic(load_task(self.task))
+        return make_plan(
+            delta=self.delta,
+            output_bound=task.output_bound,
+            tolerance=task.tolerance,
+            num_targets=task.num_targets,
+            num_train_points=task.num_train_points,
+            p=task.p,
+            checks=CheckMode.RETRAIN,
+            task_hash=task.identity().task_hash,
+            epsilon_rel=self.epsilon,
+            mse_cap=self.mse_cap,
+            tuple_cap=self.tuple_cap,
+        )
 
-#: (ε, N, Z) of the cells whose committed trials (docs/validity) were made with draw version 1:
-#: they keep it, so their keys and trials stay valid. Every other cell draws with version 2.
-DRAWS_1_CELLS = frozenset(
-    (eps, n, z)
-    for eps in (0.2, 0.1, 0.05)
-    for n in (100, 10_000)
-    for z in (1, 10)
-    if (eps, n, z) != (0.05, 10_000, 10)
-)
+
+#: ``simulations validity --quick``: ε = 0.5·Var f on N = 100, Z = 1, with small caps, so the
+#: err = ε provers (which can be neither accepted nor rejected) end inconclusive in seconds.
+QUICK_CELL = GridCell(0.5, 100, 1, mse_cap=40_000, tuple_cap=60_000)
 
 
 def validity_cells(
-    epsilons: Iterable[float] = (0.2, 0.1, 0.05),
+    epsilons: Iterable[float] = (0.2, 0.1),
     ns: Iterable[int] = (100, 10_000),
     zs: Iterable[int] = (1, 10),
-    delta: float = DELTA,
-    draws: int | None = None,
 ) -> list[GridCell]:
-    """The #4 grid: per (ε, N, Z) the honest prover, scaling with err = ε and = 2ε exactly, and the
-    targeted few-lies attack with err = ε. ``draws`` sets every cell's draw version; by default
-    the cells in ``DRAWS_1_CELLS`` keep version 1 and the others use version 2."""
-    cells = []
-    for eps in epsilons:
-        for n in ns:
-            for z in zs:
-                sel = f"synthetic:n={n},z={z},p=0.5,seed=0"
-                task = require_exact_synthetic(load_task(sel))
-                s1, s2 = scale_for_err(task, eps), scale_for_err(task, 2 * eps)
-                provers = (
-                    ProverModel("honest"),
-                    ProverModel("scale", round(s1, 12)),
-                    ProverModel("scale", round(s2, 12)),
-                    ProverModel("targeted", round(s1, 12)),
-                )
-                label = f"ε={eps:g} N={n} Z={z}"
-                version = draws if draws is not None else 1 if (eps, n, z) in DRAWS_1_CELLS else 2
-                cells.append(GridCell(sel, eps, delta, provers, label, VALIDITY_PILOT, version))
-    return cells
+    """The grid of issue #14: ε ∈ {0.2, 0.1}·Var f × N ∈ {100, 10,000} × Z ∈ {1, 10}.
+
+    Every combination, whatever iterables are given (they are read once, into tuples).
+    """
+    ns, zs = tuple(int(n) for n in ns), tuple(int(z) for z in zs)
+    return [GridCell(float(e), n, z) for e in tuple(epsilons) for n in ns for z in zs]
 
 
-#: The #5 catalogue at ε = 0.2 on synthetic n = 100 (B_1 = 0.8, B_{≥2} = 0.2): strengths chosen
-#: with err ≥ ε (exact), plus one weak strength with err < ε where the naive verifier differs.
-CATALOGUE = (
-    ProverModel("honest"),
-    ProverModel("scale", 0.9),
-    ProverModel("scale", 0.5),
-    ProverModel("scale", 0.3),
-    ProverModel("boost", 0.05),
-    ProverModel("boost", 0.1415),
-    ProverModel("boost", 0.2),
-    ProverModel("noise", 0.045),
-    ProverModel("noise", 0.06),
-    ProverModel("intercept", 0.45),
-    ProverModel("intercept", 0.6),
-    ProverModel("weak", 100),
-    ProverModel("weak", 60),
-    ProverModel("targeted", 0.5),
-    ProverModel("targeted", 0.3),
-    ProverModel("lazy", 0.001),
-    ProverModel("lazy", 0.00001),
-    ProverModel("wrong-subset", 0.001),
-    ProverModel("wrong-seed", 0.001),
-    ProverModel("replay", 0.001),
-    ProverModel("replay", 1.0),
-    ProverModel("equivocate", 0.001),
-    ProverModel("fp-noise", 1e-10),
-    ProverModel("fp-noise", 1e-6),
-)
-
-
-def catalogue_cells(epsilon: float = 0.2, delta: float = DELTA) -> list[GridCell]:
-    """The #5 catch-rate cell: every catalogue prover on synthetic n = 100, Z = 1."""
-    sel = "synthetic:n=100,z=1,p=0.5,seed=0"
-    return [GridCell(sel, epsilon, delta, CATALOGUE, f"catalogue ε={epsilon:g}")]
+def run_trial(cell: GridCell, trial: int, seed: int = 0) -> list[dict[str, Any]]:
+    """The five provers of one trial on shared randomness; one record each."""
+    task = require_exact_synthetic(load_task(cell.task))
+    plan = cell.plan()
+    truth = task.truth()
+    c, a = truth.intercept, truth.coefficients
+    eps = cell.epsilon * float(np.max(truth.variance))
+    s1, s2 = scale_for_err(task, eps), scale_for_err(task, 2 * eps)
+    claims = [
+        (make_claim(task, "honest", c, a), False),
+        (make_claim(task, "scale-eps", c, s1 * a), False),
+        (make_claim(task, "scale-2eps", c, s2 * a), False),
+        (make_claim(task, "targeted-eps", c, s1 * a), True),
+        (exploit_claim(task, eps, (seed, cell.key())), False),
+    ]
+    draws = TrialDraws(task, (seed, cell.key(), trial), plan.pilot_seed)
+    out = []
+    for claim, targeted in claims:
+        rng = derive_rng(seed, cell.key(), trial, "spot", claim.label)
+        started = time.monotonic()
+        result = judge(plan, claim, draws, rng, targeted=targeted)
+        rec = result.to_dict()
+        rec["seconds"] = round(time.monotonic() - started, 3)
+        out.append(rec)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
-# running
+# the trials file
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:
@@ -168,8 +159,7 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def load_trials(path: Path) -> dict[str, dict[int, list[dict[str, Any]]]]:
-    """{cell key: {trial: outcomes}} from a trials.jsonl; empty if there is no file. A torn last
-    line is ignored; a line that is not a trial record raises ``ValueError``."""
+    """{cell key: {trial: outcomes}} from a trials.jsonl; empty if there is no file."""
     out: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(dict)
     if not path.exists():
         return out
@@ -192,14 +182,6 @@ def _append(path: Path, record: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-def plan_for(cell: GridCell) -> PracticalPlan:
-    """The cell's practical plan (seeded pilot keyed by the cell)."""
-    task = require_exact_synthetic(load_task(cell.task))
-    return cell_plan(
-        task, cell.epsilon, cell.delta, ("plan", cell.key()), MAX_MSE, cell.pilot_tuples
-    )
-
-
 def run_cells(
     cells: list[GridCell],
     trials: int,
@@ -207,36 +189,30 @@ def run_cells(
     seed: int = 0,
     progress: Any = None,
     first: int = 0,
+    step: int = 1,
 ) -> Path:
-    """Run trials ``first``..``trials − 1`` of every cell (skipping finished ones); returns the
-    trials file.
-
-    ``progress(cell, done, total)`` is called after every trial when given. Trials are keyed by
-    (seed, cell key, index), so reruns, extensions and splits over processes (``first``)
-    reproduce the same draws."""
+    """Run trials ``first``, ``first + step``, … below ``trials`` of every cell, skipping the
+    finished ones; returns the trials file. Trials are keyed by (seed, cell key, index), so
+    reruns, extensions and splits over processes reproduce the same draws."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "trials.jsonl"
     done = load_trials(path)
     for cell in cells:
-        task = require_exact_synthetic(load_task(cell.task))
-        honest = honest_attribution(task)
-        plan = plan_for(cell)
         have = done.get(cell.key(), {})
-        for i in range(first, trials):
+        for i in range(first, trials, max(1, step)):
             if i in have:
                 continue
             started = time.monotonic()
-            outcomes = run_trial(task, plan, list(cell.provers), honest, (seed, cell.key(), i),
-                                 draws=cell.draws)  # fmt: skip
+            outcomes = run_trial(cell, i, seed)
             _append(
                 path,
                 {
                     "cell": cell.key(),
+                    "label": cell.label,
                     "trial": i,
-                    "engine": resolve_engine(list(cell.provers)),
-                    "draws": cell.draws,
+                    "engine": ENGINE,
                     "seconds": round(time.monotonic() - started, 3),
-                    "outcomes": [asdict(o) for o in outcomes],
+                    "outcomes": outcomes,
                 },
             )
             if progress is not None:
@@ -245,13 +221,14 @@ def run_cells(
 
 
 def merge_trials(sources: list[Path], dest: Path) -> dict[str, int]:
-    """Append to ``dest`` every trial of ``sources`` whose (cell, trial) it lacks; returns
-    {"added": …, "already": …}.
+    """Append to ``dest`` every trial of ``sources`` whose (cell, trial) it lacks.
 
-    Guarantee: nothing in ``dest`` is rewritten (records are appended, fsynced, as by a run), and
-    a (cell, trial) present on both sides must carry the same outcomes (the same seed gives the
-    same trial; only its timing may differ), else ``ValueError`` is raised before anything is
-    written. A torn last line of a source is skipped, as :func:`load_trials` skips it."""
+    Nothing in ``dest`` is rewritten, and a (cell, trial) present on both sides must carry the
+    same outcomes (timings aside), else ``ValueError`` before anything is written."""
+
+    def strip(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in o.items() if k != "seconds"} for o in outcomes]
+
     have = load_trials(dest)
     new: dict[tuple[str, int], dict[str, Any]] = {}
     already = 0
@@ -263,7 +240,7 @@ def merge_trials(sources: list[Path], dest: Path) -> dict[str, int]:
             known = have.get(cell, {}).get(trial, new.get((cell, trial), {}).get("outcomes"))
             if known is None:
                 new[(cell, trial)] = rec
-            elif known != rec["outcomes"]:
+            elif strip(known) != strip(rec["outcomes"]):
                 raise ValueError(f"{src}: trial {trial} of {cell} differs from the kept one")
             else:
                 already += 1
@@ -276,77 +253,64 @@ def merge_trials(sources: list[Path], dest: Path) -> dict[str, int]:
 # aggregation
 
 
-def summarise(cells: list[GridCell], path: Path, trials: int | None = None) -> list[dict[str, Any]]:
-    """One row per (cell, prover) with acceptance, Wilson interval, naive acceptance, exact err,
-    rejection kinds and costs (the first ``trials`` trials of each cell when given)."""
+def summarise(cells: list[GridCell], path: Path) -> list[dict[str, Any]]:
+    """One row per (cell, prover): acceptance with its 95% Wilson interval, the exact err, how
+    runs ended, and both sides' work."""
     done = load_trials(path)
     rows = []
     for cell in cells:
-        task = require_exact_synthetic(load_task(cell.task))
-        honest = honest_attribution(task)
-        plan = plan_for(cell)
         have = done.get(cell.key(), {})
-        idx = sorted(have)[: trials if trials is not None else None]
-        context = AttackContext(epsilon=cell.epsilon, lie_allowance=plan.lie_allowance)
-        for model in cell.provers:
-            outs = [o for i in idx for o in have[i] if o["prover"] == model.label]
+        for prover in PROVERS:
+            outs = [o for t in sorted(have) for o in have[t] if _kind(o["prover"]) == prover]
             n = len(outs)
             acc = sum(o["verdict"] == "accept" for o in outs)
-            naive = sum(bool(o["naive_accept"]) for o in outs)
             lo, hi = wilson_interval(acc, n)
-            err = true_err(model, task, honest, context)
-            mse_used = [o["mse_samples"] for o in outs]
             rows.append(
                 {
                     "cell": cell.label,
-                    "task": cell.task,
-                    "draws": cell.draws,
-                    "adversary": model.name,
-                    "strength": model.strength,
-                    "prover": model.label,
-                    "epsilon": cell.epsilon,
-                    "delta": cell.delta,
-                    "true_err": err,
-                    "err_over_eps": err / cell.epsilon,
+                    "epsilon_rel": cell.epsilon,
+                    "n": cell.n,
+                    "z": cell.z,
+                    "prover": prover,
+                    "claims": sorted({o["prover"] for o in outs}),
+                    "err_over_eps": (float(np.mean([o["err"] for o in outs])) / cell.epsilon)
+                    if n
+                    else None,
                     "trials": n,
                     "accepts": acc,
                     "accept_rate": acc / n if n else None,
                     "accept_lower": lo,
                     "accept_upper": hi,
-                    "naive_accept_rate": naive / n if n else None,
-                    "reject_kinds": dict(
-                        Counter(o["kind"] for o in outs if o["verdict"] != "accept")
-                    ),
-                    "mean_lies": float(np.mean([o["lies"] for o in outs])) if n else None,
-                    "mean_mse_samples": float(np.mean(mse_used)) if n else None,
-                    "tolerance": plan.tolerance,
-                    "rho": plan.rho,
-                    "tuples": plan.pairs_per_level,
-                    "spot_checks": plan.spot_checks,
-                    "lie_allowance": plan.lie_allowance,
-                    "mse_cap": plan.mse_samples,
-                    "prover_retrainings": plan.num_members,
-                    "verifier_retrainings_mean": plan.spot_checks + float(np.mean(mse_used))
-                    if n
-                    else None,
+                    "verdicts": dict(Counter(o["verdict"] for o in outs)),
+                    "caught": sum(bool(o["caught"]) for o in outs),
+                    "accepted_if_missed": sum(o["verdict_if_missed"] == "accept" for o in outs),
+                    "mean_tuples": _mean(o["tuples"] for o in outs),
+                    "mean_mse_samples": _mean(o["mse_samples"] for o in outs),
+                    "mean_spot_checks": _mean(o["spot_checks"] for o in outs),
+                    "mean_err_upper": _mean(o["err_upper"] for o in outs),
+                    "mean_seconds": _mean(o.get("seconds", 0.0) for o in outs),
+                    "rhos": dict(Counter(str(o["rho"]) for o in outs)),
                 }
             )
     return rows
 
 
-def verdict_on_row(row: dict[str, Any]) -> str:
-    """What the row shows against the guarantee: "ok", "VIOLATION" or "too few trials".
+def _kind(label: str) -> str:
+    return "exploit-eps" if label.startswith("exploit") else label
 
-    err ≥ ε: the Wilson upper bound on acceptance must be ≤ δ. err = 0 with honest answers
-    (honest, fp-noise ≤ τ): acceptance must be ≥ 1 − δ (its Wilson interval is reported beside it).
-    Otherwise (0 < err < ε, or tampered answers with an honest attribution) there is no promise."""
+
+def _mean(values: Iterable[float]) -> float | None:
+    vals = list(values)
+    return float(np.mean(vals)) if vals else None
+
+
+def verdict_on_row(row: dict[str, Any], delta: float = DELTA) -> str:
+    """ "ok", "VIOLATION", "too few trials" or "no trials" against the guarantee: provers with
+    err ≥ ε accepted at most δ (Wilson upper ≤ δ); the honest prover accepted ≥ 1 − δ."""
     if not row["trials"]:
         return "no trials"
-    if row["true_err"] >= row["epsilon"] * (1 - 1e-9):
-        if row["accept_upper"] <= row["delta"]:
-            return "ok"
-        return "VIOLATION" if row["accept_rate"] > row["delta"] else "too few trials"
-    within_tau = row["adversary"] == "fp-noise" and row["strength"] <= row.get("tolerance", 0.0)
-    if row["prover"] == "honest" or within_tau:  # completeness: an honest report must pass
-        return "ok" if row["accept_rate"] >= 1 - row["delta"] else "below 1 − δ"
-    return "no promise"
+    if row["prover"] == "honest":
+        return "ok" if row["accept_rate"] >= 1 - delta else "below 1 − δ"
+    if row["accept_upper"] <= delta:
+        return "ok"
+    return "VIOLATION" if row["accept_rate"] > delta else "too few trials"

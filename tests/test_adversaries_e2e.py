@@ -61,7 +61,7 @@ def adversary(tmp_path: Path):
 @pytest.mark.parametrize(
     ("name", "strength", "reason"),
     [
-        ("scale", "0.0", "msê"),  # err = 0.8: the MSE check
+        ("scale", "0.0", "target"),  # err = 0.8: the paper's rule on msê
         ("lazy", "0.5", "spot check failed"),  # half of E fabricated
         ("equivocate", "0.5", "equivocation"),  # half of E re-answered at opening
         ("replay", "1.0", "not its assigned seed"),  # the whole earlier session
@@ -74,4 +74,4 @@ def test_cheating_server_is_caught(adversary, name: str, strength: str, reason: 
     assert out["verdict"] == "reject", out
     assert rc == 1
     assert reason in out["reason"], out["reason"]
-    server.wait_for_log("challenge with")  # the session really ran on the cheating server
+    server.wait_for_log("challenge round of")  # the session really ran on the cheating server

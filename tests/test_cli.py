@@ -10,18 +10,38 @@ from prover.cli import main as prover_main
 from verifier.cli import main as verifier_main
 
 
-def test_plan_json_reports_both_modes(capsys: pytest.CaptureFixture[str]) -> None:
-    assert verifier_main(["plan", "--task", "synthetic", "--epsilon", "0.1", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    theory, manual = out["theory"], out["manual"]
-    for plan in (theory, manual):
+def test_plan_json_reports_the_papers_rule_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    plans = {}
+    for mode in ("theory", "manual"):
+        args = ["plan", "--task", "synthetic", "--epsilon", "0.1", "--mode", mode, "--json"]
+        assert verifier_main(args) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["mode"] == mode
+        plans[mode] = out["plan"]
+    for plan in plans.values():
         for key in ("rho", "pairs_per_level", "singles", "num_members", "spot_checks",
                     "mse_samples", "lie_allowance", "verifier_retrainings",
                     "prover_retrainings"):  # fmt: skip
             assert key in plan
         assert plan["budget"]["tau_charge"] >= 0
-    assert theory["guarantee_met"] is True
-    assert theory["verifier_retrainings"] > manual["verifier_retrainings"]
+    assert plans["theory"]["guarantee_met"] is True
+    assert plans["manual"]["guarantee_met"] is False
+    assert plans["theory"]["verifier_retrainings"] > plans["manual"]["verifier_retrainings"]
+
+
+def test_practical_plan_json_is_the_default_and_names_its_pilot_seed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["plan", "--task", "synthetic:n=100", "--epsilon", "0.2", "--json"]
+    assert verifier_main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["mode"] == "practical"
+    assert out["checks"] == "retrain"
+    assert len(out["plan"]["pilot_seed"]) == 64
+    assert out["prediction"]["pilot_seed"] == out["plan"]["pilot_seed"]
+    st2 = out["prediction"]["stage2"]
+    assert st2["predicted"]["tuples"] > 0  # B≥2 = 0.2 = ε: the challenges are needed
+    assert out["practical_verifier_retrainings"] > 0
 
 
 def test_theory_mode_too_large_to_run_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -39,8 +59,8 @@ def test_theory_mode_too_large_to_run_is_a_clear_error(capsys: pytest.CaptureFix
     [
         (["--delta", "1.5"], "--delta must be in (0, 1)"),
         (["--task", "nonsense"], "unknown task 'nonsense'"),
-        (["--task", "synthetic:n=abc"], "n"),
-        (["--pairs", "0"], "pairs"),
+        (["--task", "synthetic:n=abc"], "synthetic task parameter n='abc'"),
+        (["--mode", "manual", "--pairs", "0"], "pairs"),
     ],
 )
 def test_bad_verifier_input_is_exit_2_with_reason(

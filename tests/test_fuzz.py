@@ -9,14 +9,17 @@ Two properties (see docs/fuzzing.md):
   which is what an uncaught exception in a handler becomes) carrying a non-empty message; after the
   fuzz the server still answers Hello and an honest run still accepts.
 * **The verifier never accepts a corrupted answer.** An honest in-process run has one of its
-  prover streams (commitment or openings) mutated: bytes flipped in a serialisation, messages
-  dropped / duplicated / reordered / truncated, numbers replaced (NaN, ±inf, huge, nudged), a
-  transport failure mid-stream. ``run_protocol`` must return (never raise), and may say "accept"
-  only when the mutated stream is semantically the honest one (same messages up to order of
-  openings / attribution parts and the informational ``prover_retrainings``), or when only the
-  claimed attribution changed and its exact error (closed form on the synthetic task) is at most
-  ``ATTRIBUTION_FALSE_ACCEPT_ERR``. Every spot check is opened (C = E), so any change to a committed
-  f-value, seed or digest is caught deterministically, not with some probability.
+  prover streams (the claim, the commitment or the openings) mutated: bytes flipped in a
+  serialisation, messages dropped / duplicated / reordered / truncated, numbers replaced (NaN,
+  ±inf, huge, nudged), a transport failure mid-stream. ``run_protocol`` must return (never
+  raise), and its decision rule may pass the run only when the mutated stream is semantically the
+  honest one (same messages up to order of openings / attribution parts and the informational
+  ``prover_retrainings``), or when only the claimed attribution changed and its exact error (closed
+  form on the synthetic task) is at most ``ATTRIBUTION_FALSE_ACCEPT_ERR``. The paper's rule runs
+  here at small sizes, so an honest run ends "inconclusive" (the rule holds but the sizes certify
+  a looser ε): "inconclusive" counts as passing the rule, just as "accept" does. Every spot check
+  is opened (C = E), so any change to a committed f-value, seed or digest is caught
+  deterministically, not with some probability.
 
 The checks are plain functions taking a ``draw`` callable so ``benchmarks/fuzz.py`` can run the
 same cases at volume.
@@ -72,6 +75,8 @@ PLAN = plan_manual(
     rho=0.25,
 )
 
+#: Verdicts that mean the run passed every check and the decision rule's test.
+PASSED = ("accept", "inconclusive")
 #: Status codes a refused request may carry; UNKNOWN (an uncaught handler exception) never.
 PRECISE_CODES = {
     grpc.StatusCode.OK,
@@ -85,6 +90,7 @@ PRECISE_CODES = {
 RAW_BYTES_CODES = PRECISE_CODES | {grpc.StatusCode.INTERNAL}
 METHODS = {  # name -> (request type, server streaming?)
     "Hello": (pb.HelloRequest, False),
+    "Claim": (pb.ClaimRequest, True),
     "Commit": (pb.ChallengeRequest, True),
     "Open": (pb.OpenRequest, True),
     "OpenAll": (pb.OpenAllRequest, True),
@@ -151,12 +157,14 @@ op_strategy = st.one_of(
         st.sampled_from(["valid", "version", "task_hash", "empty", "spec"]),
         st.text(max_size=12),
     ),
+    st.tuples(st.just("claim"), session_ref),
     st.tuples(
         st.just("commit"),
         session_ref,
         st.sampled_from([32, 32, 32, 0, 31, 33, 64]),
         st.integers(1, FUZZ_TUPLES_MAX) | u64.filter(lambda v: v == 0 or v > MAX_TUPLES),
         st.sampled_from([0.25, 0.5, 0.1]) | weird_floats,
+        st.sampled_from([0, 0, 1, 6]) | u64,
     ),
     st.tuples(
         st.just("open"),
@@ -196,13 +204,17 @@ def build_request(op: tuple, current: str, other: str) -> tuple[str, bytes] | No
             msg.task.canonical_spec = op[2]
             msg.task.spec_hash = "0" * 64
         return "Hello", msg.SerializeToString()
+    if kind == "claim":
+        msg = pb.ClaimRequest(session_id=_session_id(op[1], current, other, junk))
+        return "Claim", msg.SerializeToString()
     if kind == "commit":
-        _, ref, seed_len, tuples, rho = op
+        _, ref, seed_len, tuples, rho, first = op
         msg = pb.ChallengeRequest(
             session_id=_session_id(ref, current, other, junk),
             public_seed=bytes((i * 7) % 256 for i in range(seed_len)),
             num_tuples=tuples,
             rho=rho,
+            first_tuple=first,
         )
         return "Commit", msg.SerializeToString()
     if kind == "open":
@@ -329,6 +341,7 @@ def check_session_ops(ops: list[tuple]) -> list[str]:
         if session is None:
             continue  # the registry answers NOT_FOUND before any session method runs
         call = {
+            "Claim": session.claim,
             "Commit": session.commit,
             "Open": session.open,
             "OpenAll": session.open_all,
@@ -523,6 +536,10 @@ class MutatingTransport:
         """Unchanged."""
         return self.inner.hello(request)
 
+    def claim(self, request: pb.ClaimRequest) -> Iterator[pb.ClaimChunk]:
+        """Possibly mutated."""
+        return self._maybe_mutate("claim", self.inner.claim(request))
+
     def commit(self, request: pb.ChallengeRequest) -> Iterator[pb.CommitChunk]:
         """Possibly mutated."""
         return self._maybe_mutate("commit", self.inner.commit(request))
@@ -553,10 +570,13 @@ def _canonical(step: str, messages: list) -> list[bytes]:
         m.DiscardUnknownFields()  # a flipped tag can turn a field unknown: the verifier ignores it
         if step == "commit" and m.WhichOneof("part") == "root":
             m.root.prover_retrainings = 0  # informational: the verifier only reports it
+        if step == "claim" and m.WhichOneof("part") == "summary":
+            m.summary.datamodel_samples = 0  # informational, as are the method's words
+            m.summary.method = ""
         out.append(m.SerializeToString(deterministic=True))
     if step == "open":
         return sorted(out)  # openings are checked independently, keyed by index
-    if step == "commit":
+    if step == "claim":
         attr = sorted(b for b, m in zip(out, messages, strict=True) if m.HasField("attribution"))
         rest = [b for b, m in zip(out, messages, strict=True) if not m.HasField("attribution")]
         return attr + rest
@@ -595,7 +615,7 @@ def check_verifier_case(
     draw: Draw, step: str | None = None, kind: str | None = None
 ) -> VerifierCase:
     """One honest in-process run with one prover stream mutated; classify the verdict."""
-    step = step or draw(st.sampled_from(["commit", "open"]))
+    step = step or draw(st.sampled_from(["claim", "commit", "open"]))
     kind = kind or draw(st.sampled_from(MUTATIONS))
     mutation = StreamMutation(step, kind)
     session = VerifierSession(TASK, PLAN)
@@ -606,9 +626,9 @@ def check_verifier_case(
         return VerifierCase("raised", str(exc), mutation.note, False, False, False, repr(exc))
     identical = _canonical(step, mutation.mutated) == _canonical(step, mutation.honest)
     false_accept = gray = False
-    if result.verdict == "accept" and not identical:
+    if result.verdict in PASSED and not identical:
         false_accept = True
-        if step == "commit":
+        if step == "claim":
             honest_rest = [m for m in mutation.honest if not m.HasField("attribution")]
             mutated_rest = [m for m in mutation.mutated if not m.HasField("attribution")]
             claimed = _attribution_of(mutation.mutated)
@@ -624,12 +644,15 @@ def check_verifier_case(
 
 
 def honest_run_over_grpc(port: int) -> str:
-    """A full honest run against the server on ``port``; returns the verdict."""
+    """A full honest run of the default rule (ε = 1: accepted on the claim's MSE) against the
+    server on ``port``; returns the verdict."""
     from verifier.client import GrpcTransport
+    from verifier.planning import PlanOptions, make_verifier_plan
 
+    plan, checks = make_verifier_plan(PlanOptions(epsilon=EPSILON), TASK)
     transport = GrpcTransport(f"127.0.0.1:{port}", timeout_s=60.0)
     try:
-        return run_protocol(VerifierSession(TASK, PLAN), transport).verdict
+        return run_protocol(VerifierSession(TASK, plan, checks=checks), transport).verdict
     finally:
         close = getattr(transport, "close", None)
         if close is not None:
@@ -673,7 +696,7 @@ def test_server_never_crashes(fuzz_server: FuzzServer, ops: list[tuple]) -> None
 def test_server_still_healthy_after_fuzz(fuzz_server: FuzzServer) -> None:
     """After the fuzz (module order: runs after the server fuzz) Hello works, honest accepts."""
     check_server_ops(
-        fuzz_server, [("raw", "Commit", b"\xff" * 9), ("commit", "current", 32, 0, 0.25)]
+        fuzz_server, [("raw", "Commit", b"\xff" * 9), ("commit", "current", 32, 0, 0.25, 0)]
     )
     sid = fuzz_server.hello()
     assert sid
@@ -689,9 +712,10 @@ def test_verifier_never_accepts_corrupted_answers(data: st.DataObject) -> None:
     assert not case.false_accept, case
 
 
-def test_unmutated_run_accepts() -> None:
-    """Sanity: the harness itself does not break an honest run."""
-    for step in ("commit", "open"):
+def test_unmutated_run_passes() -> None:
+    """Sanity: the harness itself does not break an honest run (the paper's rule holds; its
+    sizes certify a looser ε, so the verdict is inconclusive)."""
+    for step in ("claim", "commit", "open"):
         case = check_verifier_case(lambda _s: None, step=step, kind="none")
-        assert case.verdict == "accept", case
+        assert case.verdict == "inconclusive", case
         assert case.identical, case

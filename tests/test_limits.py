@@ -17,6 +17,7 @@ from proto.attribution.v1 import attribution_pb2 as pb
 from proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 from protocol import PROTOCOL_VERSION
 from protocol.accounting import plan_manual
+from protocol.rules.base import CheckMode
 from protocol.tasks import load_task
 from prover.server import build_server
 from prover.servicer import ProverServicer
@@ -55,9 +56,10 @@ def test_sessions_exhausted_is_an_error_then_expire(prover_factory) -> None:
     assert (rc, out["verdict"]) == (2, "error")
     assert "RESOURCE_EXHAUSTED" in out["reason"]
     assert "maximum of 1 sessions" in out["reason"]
-    # The held session expires after TTL_S idle; then a verifier gets the slot.
+    # The held session expires after TTL_S idle; then a verifier gets the slot (the default
+    # rule at ε = 1: an honest claim is accepted on its MSE in seconds).
     time.sleep(max(0.0, TTL_S + 0.5 - (time.monotonic() - held_at)))
-    rc, out = run_verifier(prover.address, *SIZES)
+    rc, out = run_verifier(prover.address, "--task", TASK, "--epsilon", "1.0", "--timeout", "30")
     assert (rc, out["verdict"]) == (0, "accept"), out["reason"]
     prover.wait_for_log(f"expired after {TTL_S:.0f}s idle")
 
@@ -92,7 +94,7 @@ def test_oversized_reply_makes_the_verifier_error(prover_factory) -> None:
         num_targets=task.num_targets, pairs_per_level=2000, spot_checks=16, mse_samples=500,
         rho=0.25,
     )  # fmt: skip
-    session = VerifierSession(task, plan, selector=TASK, checks="retrain")
+    session = VerifierSession(task, plan, selector=TASK, checks=CheckMode.RETRAIN)
     # The verifier accepts at most 4 KiB per message; the commitment comes in 64 KiB chunks.
     result = run_verification(session, prover.address, timeout_s=30, max_message_bytes=4096)
     assert result.verdict == "error", result.reason

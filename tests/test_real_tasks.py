@@ -30,16 +30,19 @@ def test_digits_logreg_defaults() -> None:
     assert isinstance(task, LogisticRegressionTask)
     assert (task.num_train_points, task.num_targets) == (347, 10)
     assert task.p == 0.5
-    assert task.output_bound == 2.0
+    # the default output is the standardised, bounded margin: f = 1.5·tanh(u/1.5), u of unit SD
+    assert task.output_bound == 1.5
+    assert task.scale_rule == "auto"
     assert task.tolerance == 1e-6
     assert task.l2 == 1e-2
-    assert task.tol == 1e-10
+    assert task.tol <= 1e-10
     assert task.certified_disagreement <= task.tolerance
     assert not task.bitwise_deterministic
     spec = task.spec()
     canonical_json(spec)  # JSON-serialisable, no NaN
     assert spec["recipe"]["l2"] == 1e-2
-    assert spec["output"]["b"] == 2.0
+    assert spec["output"]["b"] == 1.5
+    assert spec["output"]["scale_rule"].startswith("auto")
     assert spec["output"]["center_rule"] == "auto"
     assert len(spec["output"]["center"]) == 10
     assert "load_digits" in spec["dataset"]["version"]
@@ -232,10 +235,10 @@ def test_missing_task_file(real_registry: None) -> None:
 
 def test_logreg_centring_is_public_and_centres_f() -> None:
     # The offset is a pure function of the task: two constructions agree exactly (same hash).
-    a, b = make("digits-logreg:z=4"), make("digits-logreg:z=4")
+    a, b = make("digits-logreg:z=4,scale=none,b=2"), make("digits-logreg:z=4,scale=none,b=2")
     assert np.array_equal(a.center, b.center)
     assert a.identity().task_hash == b.identity().task_hash
-    raw = make("digits-logreg:z=4,center=none")
+    raw = make("digits-logreg:z=4,center=none,scale=none,b=2")
     assert np.all(raw.center == 0)
     assert raw.identity().task_hash != a.identity().task_hash
     rng = np.random.default_rng(0)
@@ -251,14 +254,14 @@ def test_logreg_centring_is_public_and_centres_f() -> None:
 
 
 def test_logreg_scale_standardises_f_and_keeps_the_certificate_sound() -> None:
-    plain = make("digits-logreg:z=4")
-    scaled = make("digits-logreg:z=4,scale=auto,b=1.5")
+    plain = make("digits-logreg:z=4,scale=none,b=2")
+    scaled = make("digits-logreg:z=4")  # the default: scale=auto, b=1.5
     again = make("digits-logreg:z=4,scale=auto,b=1.5")
     # public and reproducible: the same σ_t and hash from two constructions; bound into the spec
     assert np.array_equal(scaled.scale, again.scale)
     assert scaled.identity().task_hash == again.identity().task_hash
     assert scaled.spec()["output"]["scale"] == [float(s) for s in scaled.scale]
-    # scale=none (the default) keeps the original spec and f, bit for bit
+    # scale=none (the raw-margin variant) keeps the original spec and f, bit for bit
     assert "scale" not in plain.spec()["output"]
     assert np.all(plain.scale == 1.0)
     assert np.array_equal(plain.output_lipschitz, np.linalg.norm(plain.target_features, axis=1))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol.accounting import plan_manual
 from protocol.tasks.synthetic import SyntheticTask
 from prover.strategy import Attribution, HonestStrategy
 from simulations.inprocess import InProcessTransport
 from verifier.driver import run_protocol
+from verifier.planning import PlanOptions, make_verifier_plan
 from verifier.report import top_bottom, write_report
 from verifier.session import VerifierSession
 
@@ -19,19 +19,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def run():
-    plan = plan_manual(
-        epsilon=0.3,
-        delta=0.05,
-        output_bound=TASK.output_bound,
-        tolerance=TASK.tolerance,
-        num_targets=TASK.num_targets,
-        pairs_per_level=4000,
-        spot_checks=32,
-        mse_samples=2000,
-        rho=0.25,
-    )
+    # ε = 0.25 against B≥2 = 0.2: the honest claim needs (and passes) the challenge rounds
+    plan, checks = make_verifier_plan(PlanOptions(epsilon=0.25), TASK)
     truth = TASK.truth()
-    session = VerifierSession(TASK, plan)
+    session = VerifierSession(TASK, plan, checks=checks)
     strategy = HonestStrategy(TASK, Attribution(truth.intercept, truth.coefficients, "exact", 0))
     result = run_protocol(session, InProcessTransport(TASK, strategy))
     assert result.verdict == "accept", result.reason
@@ -53,12 +44,13 @@ def test_report_files_and_numbers(run, tmp_path) -> None:
     text = path.read_text()
     assert "# Verification report: ACCEPT" in text
     assert result.reason in text
-    dec = result.details["decision"]
+    dec = result.details
+    assert dec["tuples"] > 0
     for t in range(TASK.num_targets):
-        for key in ("mse_hat", "residual_hat", "threshold"):
+        for key in ("mse_upper", "residual_lower", "err_upper"):
             assert f"{dec[key][t]:.6g}" in text
     assert result.details["transcript_hash"] in text
-    assert result.details["merkle_root"] in text
+    assert result.details["claim_digest"] in text
     assert f"{result.details['spot_check']['max_abs_diff']:.6g}" in text
     top, bottom = top_bottom(session.coefficients)[0]
     assert top[0] == int(np.argmax(session.coefficients[0]))

@@ -113,10 +113,14 @@ def _plan(pairs: int, epsilon: float):
 
 
 def test_in_process_transport_runs_the_real_driver() -> None:
-    plan = _plan(2000, 0.3)
-    result = run_protocol(VerifierSession(TASK, plan), InProcessTransport(TASK, _honest()))
+    from verifier.planning import PlanOptions, make_verifier_plan
+
+    practical, checks = make_verifier_plan(PlanOptions(epsilon=0.5), TASK)
+    session = VerifierSession(TASK, practical, checks=checks)
+    result = run_protocol(session, InProcessTransport(TASK, _honest()))
     assert result.verdict == "accept", result.reason
     assert result.details["prover_transcript_agrees"] is True
+    plan = _plan(2000, 0.3)  # the paper's rule: one challenge round, spot checks opened at once
     equivocate = make_adversary("equivocate", 0.5, TASK, EXACT)
     result = run_protocol(VerifierSession(TASK, plan), InProcessTransport(TASK, equivocate))
     assert result.verdict == "reject"
@@ -133,52 +137,58 @@ def _honest():
     return HonestStrategy(TASK, EXACT)
 
 
-def test_soundness_slice_rejects_err_above_epsilon(tmp_path) -> None:
-    """Adversaries with err ≥ ε are accepted at a rate ≤ δ (95% Wilson upper bound).
-
-    Sizes: 4,000 tuples (|E| = 16,000), k = 64, |M| = 2,000, ε = 0.3, δ = 0.05. Four attribution
-    attacks at err ≈ 0.62–0.65 (≥ 2ε; msê − B̂≥2 sits ~4 standard errors above ε/2), 19 trials
-    each: 76 trials pooled, so zero accepts give a Wilson upper bound of 0.048 ≤ δ. (Targeted
-    inflation is excluded: with k = 64 the manual plan allows m* ≈ 1,000 lies and its guarantee
-    is reported as NOT met; see docs/adversaries.md.)
-    The honest prover is accepted (20,000 tuples, 3 trials, all accepted: its margin is
-    ε/2 = 0.15 against a residual standard error of about 0.05).
-    """
-    config = SweepConfig(task=TASK_SELECTOR, pairs=4000, spot_checks=64, mse_samples=2000,
-                         trials=19, seed=3)  # fmt: skip
-    cells = [CellSpec("scale", 0.1, 0.3), CellSpec("boost", 0.25, 0.3),
-             CellSpec("intercept", 0.8, 0.3), CellSpec("noise", 0.08, 0.3)]  # fmt: skip
+def _soundness_slice(tmp_path, trials: int) -> tuple[int, int, list]:
+    """Four attribution attacks at err ≥ 1.02 against the default rule at ε = 1.0 (δ = 0.05),
+    ``trials`` each; returns (accepts, trials, records)."""
+    config = SweepConfig(task=TASK_SELECTOR, trials=trials, seed=3)
+    cells = [CellSpec("scale", -0.3, 1.0), CellSpec("boost", 0.32, 1.0),
+             CellSpec("intercept", 1.1, 1.0), CellSpec("noise", 0.11, 1.0)]  # fmt: skip
     result = run_sweep(cells, config, tmp_path / "sound", progress=False, task=TASK)
-    trials = sum(r["trials"] for r in result.records)
-    accepts = sum(r["accepts"] for r in result.records)
-    assert all(r["true_err"] >= 0.3 for r in result.records)
+    assert all(r["true_err"] >= 1.0 for r in result.records)
+    return (
+        sum(r["accepts"] for r in result.records),
+        sum(r["trials"] for r in result.records),
+        result.records,
+    )
+
+
+def test_soundness_sanity_rejects_err_above_epsilon(tmp_path) -> None:
+    """Two trials per attack: none may be accepted (each would be a ≤ δ-probability event)."""
+    accepts, trials, records = _soundness_slice(tmp_path, 2)
+    assert trials == 8
+    assert accepts == 0, records
+
+
+@pytest.mark.slow
+def test_soundness_slice_rejects_err_above_epsilon(tmp_path) -> None:
+    """Adversaries with err ≥ ε are accepted at a rate ≤ δ (95% Wilson upper bound): 19 trials of
+    each of four attacks, 76 pooled, so zero accepts give a Wilson upper bound of 0.048 ≤ δ."""
+    accepts, trials, records = _soundness_slice(tmp_path, 19)
     assert trials == 76
-    assert wilson_interval(accepts, trials)[1] <= 0.05, result.records
-    honest = run_sweep([CellSpec("honest", 1.0, 0.3)], SweepConfig(
-        task=TASK_SELECTOR, pairs=20_000, spot_checks=64, mse_samples=4000, trials=3),
-        tmp_path / "honest", progress=False, task=TASK).records[0]  # fmt: skip
-    assert honest["accepts"] == 3, honest
+    assert wilson_interval(accepts, trials)[1] <= 0.05, records
 
 
 def test_naive_verifier_accepts_what_the_real_one_rejects(tmp_path) -> None:
     """Scaling s = 0.5 (err 0.2) and boosting β = 0.14 (err 0.196) at ε = 0.1.
 
-    Real: msê − B̂≥2 ≈ 0.2 against ε/2 = 0.05, 3 standard errors above (20,000 tuples). Naive:
-    msê ≈ 0.4 ≤ 0.5·Var̂ f ≈ 0.5. 4 trials each: the naive verifier accepts at least 3 of 4 and
-    the real one at most 1 of 4 (per-trial error rates of a few per mille each way).
+    The paper's rule: msê − B̂≥2 ≈ 0.2 against ε/2 = 0.05, 3 standard errors above (20,000
+    tuples). Naive: msê ≈ 0.4 ≤ 0.5·Var̂ f ≈ 0.5. 4 trials each: the naive verifier accepts at
+    least 3 of 4, the paper's rule rejects at least 3 of 4 (per-trial error rates of a few per
+    mille each way), and nothing is accepted.
     """
-    config = SweepConfig(task=TASK_SELECTOR, pairs=20_000, spot_checks=64, mse_samples=4000,
-                         trials=4, seed=0)  # fmt: skip
+    config = SweepConfig(task=TASK_SELECTOR, mode="manual", pairs=20_000, spot_checks=64,
+                         mse_samples=4000, trials=4, seed=0)  # fmt: skip
     cells = [CellSpec("scale", 0.5, 0.1), CellSpec("boost", 0.14, 0.1)]
     result = run_sweep(cells, config, tmp_path, progress=False, task=TASK)
     for rec in result.records:
         assert rec["naive_accepts"] >= 3, rec
-        assert rec["accepts"] <= 1, rec
-        assert rec["outcomes"].get("mse", 0) >= 3, rec
+        assert rec["accepts"] == 0, rec  # the paper's rule at manual sizes never accepts
+        assert rec["outcomes"].get("err", 0) >= 3, rec  # it rejects on msê > B̂≥2 + ε/2
 
 
 def test_sweep_resumes_without_recomputing_finished_cells(tmp_path) -> None:
-    config = SweepConfig(task=TASK_SELECTOR, pairs=500, spot_checks=16, mse_samples=500, trials=1)
+    config = SweepConfig(task=TASK_SELECTOR, mode="manual", pairs=500, spot_checks=16,
+                         mse_samples=500, trials=1)  # fmt: skip
     cells = [CellSpec("honest", 1.0, 0.3), CellSpec("scale", 0.5, 0.3),
              CellSpec("lazy", 0.1, 0.3), CellSpec("replay", 1.0, 0.3)]  # fmt: skip
     first = run_sweep(cells, config, tmp_path, progress=False, max_cells=2, task=TASK)
@@ -194,15 +204,16 @@ def test_sweep_resumes_without_recomputing_finished_cells(tmp_path) -> None:
     third = run_sweep(cells, config, tmp_path, progress=False, task=TASK)
     assert third.computed == 0
     # A different configuration does not reuse these cells.
-    other = run_sweep(cells[:1], SweepConfig(task=TASK_SELECTOR, pairs=500, spot_checks=16,
-                      mse_samples=500, trials=2), tmp_path, progress=False, task=TASK)  # fmt: skip
+    other = run_sweep(cells[:1], SweepConfig(task=TASK_SELECTOR, mode="manual", pairs=500,
+                      spot_checks=16, mse_samples=500, trials=2), tmp_path, progress=False,
+                      task=TASK)  # fmt: skip
     assert other.computed == 1
 
 
 def test_quick_json_has_the_fields(tmp_path, capsys) -> None:
     rc = cli.main(["run", "--quick", "--json", "--no-progress", "--out", str(tmp_path),
-                   "--adversaries", "honest,scale,lazy", "--trials", "1", "--pairs", "500",
-                   "--mse-samples", "500"])  # fmt: skip
+                   "--mode", "manual", "--adversaries", "honest,scale,lazy", "--trials", "1",
+                   "--pairs", "500", "--mse-samples", "500"])  # fmt: skip
     assert rc == 0
     payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert payload["cells"]
@@ -216,11 +227,11 @@ def test_quick_json_has_the_fields(tmp_path, capsys) -> None:
 
 
 def test_practical_mode_sweep_runs(tmp_path, capsys) -> None:
-    # Practical sizing at ε = 1.0 on the default synthetic task (a few seconds per trial):
+    # The default (practical) rule at ε = 1.0 on the default synthetic task (seconds a trial):
     # a → −0.3·a has err = 1.69·B_1 = 1.35 > ε and must be rejected.
-    rc = cli.main(["run", "--json", "--no-progress", "--out", str(tmp_path), "--mode",
-                   "practical", "--adversaries", "scale", "--strengths", "-0.3",
-                   "--epsilons", "1.0", "--trials", "1", "--mse-samples", "20000"])  # fmt: skip
+    rc = cli.main(["run", "--json", "--no-progress", "--out", str(tmp_path),
+                   "--adversaries", "scale", "--strengths", "-0.3",
+                   "--epsilons", "1.0", "--trials", "1"])  # fmt: skip
     assert rc == 0
     cells = json.loads(capsys.readouterr().out)["cells"]
     assert [c["adversary"] for c in cells] == ["scale"]
@@ -235,3 +246,12 @@ def test_serve_refuses_plain_text_off_loopback(capsys) -> None:
     rc = cli.main(["serve", "scale", "--strength", "0.5", "--host", "0.0.0.0", "--port", "0"])
     assert rc == 2
     assert "refusing to serve plain-text" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--trials", "--pairs", "--mse-samples"])
+def test_run_refuses_an_explicit_zero_instead_of_using_the_default(flag, tmp_path, capsys) -> None:
+    # `--trials 0` once fell back to the default (0 is falsy) and ran a full sweep
+    rc = cli.main(["run", flag, "0", "--no-progress", "--out", str(tmp_path)])
+    assert rc == 2
+    assert "must be an integer >= " in capsys.readouterr().err
+    assert not (tmp_path / "cells.jsonl").exists()

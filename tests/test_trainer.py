@@ -77,8 +77,9 @@ def test_degenerate_subsets_are_well_posed(digits: LogisticRegressionTask) -> No
     res = digits.retrain(masks, np.zeros(3, dtype=np.uint64))
     assert np.all(np.isfinite(res.f))
     # Empty subset: the regulariser's optimum is w = 0, so every margin is 0 and f is the
-    # squashed public centring offset.
-    expected = digits.output_bound * np.tanh(-digits.center / digits.output_bound)
+    # squashed public centring offset (in units of the public scale).
+    b = digits.output_bound
+    expected = b * np.tanh(-digits.center / (digits.scale * b))
     assert np.allclose(res.f[0], expected, rtol=0, atol=1e-15)
     assert res.grad_norms is not None
     assert np.all(res.grad_norms <= digits.tol)

@@ -3,8 +3,10 @@
 Checks, without contacting anyone: the file is in canonical form, every required field exists
 with the right type, the Ed25519 signature over the other fields verifies, the task hash follows
 from the spec and data hashes, and the verdict follows from the numbers in the certificate by the
-protocol's decision rule (manual/theory: msê ≤ B̂≥2 + ε/2 per target; practical:
-err_upper = mse_upper + τ_mse − B≥2_lower ≤ ε per target). Exit 0 holds, 1 fails, 2 unreadable.
+protocol's decision rule (practical: err_upper = mse_upper − B≥2_lower ≤ ε for every target is
+accept, some err_lower = mse_lower − B≥2_upper > ε is reject, else inconclusive; the paper's
+rule: msê ≤ B̂≥2 + ε/2 per target, and accept only when its sizes certify ε, else inconclusive).
+Exit 0 holds, 1 fails, 2 unreadable.
 """
 
 from __future__ import annotations
@@ -21,13 +23,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from protocol.accounting import GUARANTEE_RTOL
-from verifier.certificate import (
-    CERTIFICATE_FORMAT,
-    CERTIFIED_MODES,
-    CHECK_MODES,
-    encode_certificate,
-    signed_bytes,
-)
+from protocol.rules.base import CheckMode, RuleName, Verdict
+from verifier.certificate import CERTIFICATE_FORMAT, encode_certificate, signed_bytes
+
+CHECK_MODES = tuple(c.value for c in CheckMode)
+CERTIFIED_MODES = tuple(c.value for c in CheckMode if c.certified)
 
 #: Relative tolerance for numbers the certificate derives from others (they are recomputed
 #: with the same float64 operations, so in practice they agree exactly).
@@ -185,7 +185,7 @@ def _check_structure(cert: dict[str, Any]) -> dict[str, Any]:
         raise _Fail("task.task_hash does not follow from task.spec_hash and task.data_hash")
     params = _get(cert, "parameters", dict, "")
     mode = _get(params, "mode", str, "parameters.")
-    if mode not in ("manual", "theory", "practical"):
+    if mode not in tuple(r.value for r in RuleName):
         raise _Fail(f"parameters.mode must be manual, theory or practical, got {mode!r}")
     if _get(params, "checks", str, "parameters.") not in CHECK_MODES:
         raise _Fail(f"parameters.checks must be one of {', '.join(CHECK_MODES)}")
@@ -203,11 +203,11 @@ def _check_structure(cert: dict[str, Any]) -> dict[str, Any]:
         raise _Fail("sizes.delta differs from parameters.delta")
     _hex64(cert, "transcript_hash", "")
     verdict = _get(cert, "verdict", str, "")
-    if verdict not in ("accept", "reject"):
-        raise _Fail(f"verdict must be 'accept' or 'reject', got {verdict!r}")
+    if verdict not in ("accept", "reject", "inconclusive"):
+        raise _Fail(f"verdict must be 'accept', 'reject' or 'inconclusive', got {verdict!r}")
     _get(cert, "reason", str, "")
     accepting = verdict == "accept"
-    _hex64(cert, "merkle_root", "", nullable=not accepting)
+    _hex64(cert, "merkle_root", "", nullable=True)
     att = _get(cert, "attribution", dict, "")
     _hex64(att, "digest", "attribution.", nullable=not accepting)
     z = _get(att, "num_targets", int, "attribution.")
@@ -220,7 +220,7 @@ def _check_structure(cert: dict[str, Any]) -> dict[str, Any]:
     _get(ret, "verifier", float, "retrainings.")
     _get(ret, "prover", int, "retrainings.")
     _get(cert, "decision", dict, "", nullable=not accepting)
-    _get(cert, "spot_check", dict, "", nullable=not accepting)
+    _get(cert, "spot_check", dict, "", nullable=True)  # an accept on the MSE alone has none
     return {"mode": mode, "z": z, "verdict": verdict, "epsilon": eps, "sizes": sizes}
 
 
@@ -289,74 +289,65 @@ def _check_manual(cert: dict[str, Any], info: dict[str, Any]) -> None:
         )
     if guarantee != all(cert_ok):
         raise _Fail("decision.guarantee_met disagrees with decision.epsilon_certified ≤ ε")
-    _check_verdict(cert, all(expect))
+    if not all(expect):
+        want = Verdict.REJECT
+    else:
+        want = Verdict.ACCEPT if all(cert_ok) else Verdict.INCONCLUSIVE
+    _check_verdict(cert, want)
 
 
 def _check_practical(cert: dict[str, Any], info: dict[str, Any]) -> None:
     dec = cert["decision"]
     z, w = info["z"], "decision."
     eps = _vec(dec, "epsilon", z, w)
-    p_eps = info["epsilon"]
-    p_list = p_eps if isinstance(p_eps, list) else [p_eps]
-    if len(p_list) != z and len(p_list) != 1:
-        raise _Fail("parameters.epsilon has the wrong length")
-    for t, e in enumerate(eps):
-        pe = p_list[t] if len(p_list) == z else p_list[0]
-        if not isinstance(pe, int | float) or not _close(e, pe):  # type: ignore[arg-type]
-            raise _Fail(f"target {t}: decision.epsilon differs from parameters.epsilon")
+    eps_rej = _vec(dec, "epsilon_reject", z, w)
     _vec(dec, "mse_estimate", z, w, nullable_items=True)
     lo_m = _vec(dec, "mse_lower", z, w)
     hi_m = _vec(dec, "mse_upper", z, w)
-    shift = _vec(dec, "mse_tau_shift", z, w)
-    g = _vec(dec, "datamodel_range", z, w)
     r_lo = _vec(dec, "residual_lower", z, w)
     r_hi = _vec(dec, "residual_upper", z, w)
     err_up = _vec(dec, "err_upper", z, w)
     err_lo = _vec(dec, "err_lower", z, w)
+    cert_eps = _vec(dec, "certified_epsilon", z, w)
     per = _get(dec, "per_target", list, w)
-    final = _get(dec, "final", bool, w)
-    _get(dec, "mse_count", int, w)
-    res = _get(dec, "residual", dict, w)
-    w2 = "decision.residual."
-    if _vec(res, "lower", z, w2) != r_lo or _vec(res, "upper", z, w2) != r_hi:
-        raise _Fail("decision.residual_lower/upper differ from decision.residual")
-    b = _get(res, "output_bound", float, w2)
-    tau = _get(res, "tolerance", float, w2)
+    _get(dec, "mse_samples", int, w)
+    _get(dec, "tuples", int, w)
+    guarantee = _get(dec, "guarantee_met", bool, w)
     ok: list[bool] = []
+    bad: list[bool] = []
     for t in range(z):
-        if lo_m[t] > hi_m[t] or g[t] < 0 or eps[t] < 0:  # type: ignore[operator]
-            raise _Fail(f"target {t}: needs mse_lower ≤ mse_upper, G ≥ 0 and ε ≥ 0")
-        tau_m = 2.0 * (b + g[t]) * tau + tau * tau  # type: ignore[operator]
-        if not _close(shift[t], tau_m):  # type: ignore[arg-type]
-            raise _Fail(f"target {t}: mse_tau_shift {shift[t]} ≠ 2(b + G)τ + τ² = {tau_m}")
-        up = hi_m[t] + shift[t] - r_lo[t]  # type: ignore[operator]
-        lo = lo_m[t] - shift[t] - r_hi[t]  # type: ignore[operator]
+        if lo_m[t] > hi_m[t] or r_lo[t] > r_hi[t] or eps[t] < 0 or r_lo[t] < 0:  # type: ignore[operator]
+            raise _Fail(f"target {t}: needs mse_lower ≤ mse_upper, 0 ≤ B≥2_lower ≤ B≥2_upper")
+        up = hi_m[t] - r_lo[t]  # type: ignore[operator]
+        lo = lo_m[t] - r_hi[t]  # type: ignore[operator]
         if not _close(up, err_up[t]):  # type: ignore[arg-type]
-            raise _Fail(f"target {t}: err_upper {err_up[t]} ≠ mse_upper + τ_mse − B≥2_lower = {up}")
+            raise _Fail(f"target {t}: err_upper {err_up[t]} ≠ mse_upper − B≥2_lower = {up}")
         if not _close(lo, err_lo[t]):  # type: ignore[arg-type]
-            raise _Fail(f"target {t}: err_lower {err_lo[t]} ≠ mse_lower − τ_mse − B≥2_upper")
+            raise _Fail(f"target {t}: err_lower {err_lo[t]} ≠ mse_lower − B≥2_upper = {lo}")
+        if not _close(max(up, 0.0), cert_eps[t]):  # type: ignore[arg-type]
+            raise _Fail(f"target {t}: certified_epsilon {cert_eps[t]} ≠ max(err_upper, 0)")
         ok.append(up <= eps[t])  # type: ignore[operator]
-        want = "accept" if ok[-1] else ("reject" if lo > eps[t] else "undetermined")  # type: ignore[operator]
+        bad.append(lo > eps_rej[t])  # type: ignore[operator]
+        want = "accept" if ok[-1] else ("reject" if bad[-1] else "undetermined")
         if len(per) != z or per[t] != want:
             raise _Fail(f"target {t}: decision.per_target should be {want!r}")
-        if not ok[-1] and info["verdict"] == "accept":
-            raise _Fail(
-                f"target {t}: err_upper = {up:.6g} > ε = {eps[t]:.6g}, but the verdict is accept"
-            )
-    accepted = all(ok)
-    if not accepted and not final and "reject" not in per:
-        raise _Fail("reject recorded while every target is undetermined and the sample not final")
-    _check_verdict(cert, accepted)
+    if all(ok):
+        expect = Verdict.ACCEPT
+    elif any(bad) or info["verdict"] == "reject":  # a failed check also rejects
+        expect = Verdict.REJECT
+    else:
+        expect = Verdict.INCONCLUSIVE
+    if guarantee != (expect is Verdict.ACCEPT):
+        raise _Fail("decision.guarantee_met disagrees with the per-target err_upper ≤ ε")
+    _check_verdict(cert, expect)
 
 
-def _check_verdict(cert: dict[str, Any], accepted: bool) -> None:
+def _check_verdict(cert: dict[str, Any], expect: Verdict) -> None:
     verdict = cert["verdict"]
     if _get(cert["decision"], "verdict", str, "decision.") != verdict:
         raise _Fail(f"decision.verdict differs from the certificate's verdict {verdict!r}")
-    if accepted != (verdict == "accept"):
-        raise _Fail(
-            f"the numbers imply {'accept' if accepted else 'reject'} but the verdict is {verdict!r}"
-        )
+    if verdict != expect.value:
+        raise _Fail(f"the numbers imply {expect.value!r} but the verdict is {verdict!r}")
 
 
 def audit_bytes(raw: bytes, cert: dict[str, Any], trusted_key: str | None = None) -> AuditResult:
@@ -381,7 +372,7 @@ def audit_bytes(raw: bytes, cert: dict[str, Any], trusted_key: str | None = None
         _check_spot(cert)
         if cert["decision"] is None:
             if cert["verdict"] != "reject":
-                raise _Fail("an accepting certificate must carry its decision")
+                raise _Fail("only a rejection (a failed check) may come without its decision")
         elif info["mode"] == "practical":
             _check_practical(cert, info)
         else:
@@ -415,7 +406,7 @@ def summary_lines(cert: dict[str, Any]) -> list[str]:
         f"signed by:   Ed25519 {cert['verifier_key']['public_key']}",
     ]
     dec = cert.get("decision")
-    if dec is not None and cert["parameters"]["mode"] == "practical":
+    if dec is not None and cert["parameters"]["mode"] == RuleName.PRACTICAL.value:
         for t, (up, e) in enumerate(zip(dec["err_upper"], dec["epsilon"], strict=True)):
             lines.append(
                 f"  target {t}: err_upper = {up:.6g} {'≤' if up <= e else '>'} ε = {e:.6g}"

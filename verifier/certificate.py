@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
 import stat
-import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,16 +22,10 @@ import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from protocol.claim import claim_digest
+
 #: The ``format`` field of every certificate this module writes.
 CERTIFICATE_FORMAT = "verifiable-attribution/certificate/v1"
-#: How challenges are checked: ``retrain`` (sampled spot checks, retrained locally),
-#: ``certified`` (every challenge certified from its weights) and ``certified-spot`` (sampled spot
-#: checks, each certified from its weights with one gradient pass). A certificate records one.
-CHECK_MODES = ("retrain", "certified", "certified-spot")
-#: The modes whose checks are certified from supplied weights (and whose MSE models are supplied).
-CERTIFIED_MODES = ("certified", "certified-spot")
-#: Domain-separation prefix of the attribution digest.
-ATTRIBUTION_DIGEST_PREFIX = b"attribution.v1/datamodel\x00"
 #: Environment variable naming the key file (``--key`` wins over it).
 KEY_ENV = "ATTRIBUTION_VERIFIER_KEY"
 
@@ -97,21 +89,8 @@ def encode_certificate(certificate: dict[str, Any]) -> bytes:
 
 
 def attribution_digest(intercepts: Any, coefficients: Any) -> str:
-    """SHA-256 (hex) over the datamodel, binding its exact float64 values and shape.
-
-    Hashed bytes: ``ATTRIBUTION_DIGEST_PREFIX``, Z and N as little-endian uint64, the Z
-    intercepts, then the Z×N coefficients in row-major order, all as float64 little-endian.
-    Raises ``ValueError`` unless intercepts is (Z,) and coefficients is (Z, N).
-    """
-    c = np.asarray(intercepts, dtype="<f8")
-    a = np.asarray(coefficients, dtype="<f8")
-    if c.ndim != 1 or a.ndim != 2 or a.shape[0] != c.shape[0]:
-        raise ValueError(f"need intercepts (Z,) and coefficients (Z, N), got {c.shape}, {a.shape}")
-    h = hashlib.sha256(ATTRIBUTION_DIGEST_PREFIX)
-    h.update(struct.pack("<QQ", a.shape[0], a.shape[1]))
-    h.update(np.ascontiguousarray(c).tobytes())
-    h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
+    """SHA-256 (hex) of the claim, :func:`protocol.claim.claim_digest` (one home for the bytes)."""
+    return claim_digest(intercepts, coefficients).hex()
 
 
 # ---- key file -------------------------------------------------------------------------------
@@ -222,6 +201,31 @@ def sign_certificate(body: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, 
     return cert
 
 
+#: The fields of a practical run's decision a certificate carries (audit recomputes them).
+PRACTICAL_DECISION_FIELDS = (
+    "epsilon", "epsilon_reject", "mse_estimate", "mse_upper", "mse_lower", "residual_lower",
+    "residual_upper", "err_upper", "err_lower", "per_target", "certified_epsilon", "mse_samples",
+    "tuples",
+)  # fmt: skip
+
+
+def decision_of(result: Any) -> dict[str, Any] | None:
+    """The decision a certificate records: the paper rule's numbers, or the practical rule's."""
+    details = result.details
+    if details.get("mode") == "practical":
+        if details.get("err_upper") is None:
+            return None
+        dec = {k: details.get(k) for k in PRACTICAL_DECISION_FIELDS}
+    else:
+        dec = details.get("decision")
+        if dec is None:
+            return None
+        dec = dict(dec)
+    dec["verdict"] = result.verdict
+    dec["guarantee_met"] = bool(details.get("guarantee_met"))
+    return dec
+
+
 def build_certificate(
     result: Any,
     session: Any,
@@ -233,11 +237,11 @@ def build_certificate(
     """A signed certificate for a finished run (``result`` from ``run_protocol``).
 
     ``session`` is the :class:`verifier.session.VerifierSession` that produced it (task
-    identity, plan, the received attribution). Raises :class:`CertificateError` when the verdict
-    is neither "accept" nor "reject" (an error certifies nothing) or the attribution is
-    incomplete on an accepting run.
+    identity, plan, the received attribution). Raises :class:`CertificateError` when the run
+    ended in an error (an error certifies nothing) or the attribution is incomplete on an
+    accepting run. An inconclusive run is certified as such: it records the ε it did certify.
     """
-    if result.verdict not in ("accept", "reject"):
+    if result.verdict not in ("accept", "reject", "inconclusive"):
         raise CertificateError(
             f"the run ended in {result.verdict!r} ({result.reason}); no certificate is written"
         )
@@ -250,6 +254,7 @@ def build_certificate(
     if not complete and result.verdict == "accept":
         raise CertificateError("accepted run without a complete attribution (internal error)")
     when = issued_at or _dt.datetime.now(_dt.UTC)
+    roots = [r.root.hex() for r in getattr(session, "rounds", []) if r.root is not None]
     body: dict[str, Any] = {
         "format": CERTIFICATE_FORMAT,
         "issued_at": when.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -264,11 +269,12 @@ def build_certificate(
             "epsilon_rel": epsilon_rel,
             "delta": result.delta,
             "mode": session.plan.mode,
-            "checks": checks or session.checks,
+            "checks": checks or session.checks.value,
         },
         "sizes": plan,
         "transcript_hash": details.get("transcript_hash"),
-        "merkle_root": details.get("merkle_root"),
+        "merkle_root": roots[-1] if roots else None,
+        "merkle_roots": roots,
         "attribution": {
             "digest": attribution_digest(session.intercepts, session.coefficients)
             if complete
@@ -280,11 +286,11 @@ def build_certificate(
         },
         "verdict": result.verdict,
         "reason": result.reason,
-        "decision": details.get("decision"),
+        "decision": decision_of(result),
         "spot_check": details.get("spot_check"),
         "retrainings": {
-            "verifier": result.verifier_retrainings,
-            "prover": result.prover_retrainings,
+            "verifier": float(result.verifier_retrainings),
+            "prover": int(result.prover_retrainings),
         },
     }
     return sign_certificate(body, key)

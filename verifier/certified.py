@@ -21,7 +21,7 @@ import numpy as np
 from proto.attribution.v1 import attribution_pb2 as pb
 from protocol import merkle
 from protocol.certify import certify_models
-from protocol.challenges import ChallengeSpec, PrivateSample
+from protocol.challenges import ChallengeRound, ChallengeSpec, PrivateSample
 from protocol.tasks.base import Task
 
 #: Committed f-values must equal the outputs recomputed from the opened weights up to this much
@@ -35,10 +35,13 @@ class CertificationFailure(Exception):
 
 @dataclass
 class CertifiedOpenings:
-    """Collects the all-member opening stream (in batches) and checks it in one pass at the end."""
+    """Collects one round's all-member opening stream (in batches) and checks it at the end.
+
+    ``committed_f`` holds the round's committed rows; batches carry global member indices.
+    """
 
     task: Task
-    spec: ChallengeSpec
+    round: ChallengeRound
     committed_f: np.ndarray
     root: bytes
     received: int = 0
@@ -47,20 +50,23 @@ class CertifiedOpenings:
 
     def __post_init__(self) -> None:
         dim = self.task.design.dim  # type: ignore[attr-defined]
-        self.weights = np.empty((self.spec.num_members, dim))
+        self.weights = np.empty((self.round.num_members, dim))
 
     def add_batch(self, batch: pb.OpeningBatch) -> None:
         """Check one batch in stream order: indices, seeds, f-values and weights digests."""
-        first, count = int(batch.first_index), int(batch.count)
+        offset = self.round.first_member
+        first, count = int(batch.first_index) - offset, int(batch.count)
         n, dim = self.weights.shape
         z = self.committed_f.shape[1]
         if first != self.received:
             raise CertificationFailure(
-                f"openings must arrive in index order: batch starts at {first}, "
-                f"expected {self.received}"
+                f"openings must arrive in index order: batch starts at {int(batch.first_index)}, "
+                f"expected {offset + self.received}"
             )
         if count < 1 or first + count > n:
-            raise CertificationFailure(f"opening batch [{first}, {first + count}) is not in E")
+            raise CertificationFailure(
+                f"opening batch [{offset + first}, {offset + first + count}) is not in the round"
+            )
         if (
             len(batch.f_values) != count * z
             or len(batch.seeds) != count
@@ -68,23 +74,24 @@ class CertifiedOpenings:
             or len(batch.weights) != 8 * dim * count
         ):
             raise CertificationFailure(
-                f"opening batch at {first} is malformed: sizes do not match {count} members"
+                f"opening batch at {offset + first} is malformed: sizes do not match {count} "
+                "members"
             )
         opened = np.asarray(batch.f_values, dtype=np.float64).reshape(count, z)
         committed = self.committed_f[first : first + count]
         if not np.array_equal(opened, committed):
             r = int(np.nonzero(np.any(opened != committed, axis=1))[0][0])
             raise CertificationFailure(
-                f"opening of challenge {first + r} shows f-values {opened[r].tolist()} but the "
-                f"prover committed {committed[r].tolist()} (equivocation)"
+                f"opening of challenge {offset + first + r} shows f-values {opened[r].tolist()} "
+                f"but the prover committed {committed[r].tolist()} (equivocation)"
             )
-        expected = self.spec.member_seeds(np.arange(first, first + count))
+        expected = self.round.spec.member_seeds(np.arange(offset + first, offset + first + count))
         seeds = np.asarray(batch.seeds, dtype=np.uint64)
         if not np.array_equal(seeds, expected):
             r = int(np.nonzero(seeds != expected)[0][0])
             raise CertificationFailure(
-                f"opening of challenge {first + r} uses seed {int(seeds[r])}, not its assigned "
-                f"seed {int(expected[r])}"
+                f"opening of challenge {offset + first + r} uses seed {int(seeds[r])}, not its "
+                f"assigned seed {int(expected[r])}"
             )
         blob = bytes(batch.weights)
         digests = bytes(batch.weights_digests)
@@ -94,12 +101,15 @@ class CertifiedOpenings:
             digest = digests[32 * r : 32 * (r + 1)]
             if hashlib.sha256(piece).digest() != digest:
                 raise CertificationFailure(
-                    f"opening of challenge {first + r}: its weights do not hash to its digest"
+                    f"opening of challenge {offset + first + r}: its weights do not hash to its "
+                    "digest"
                 )
             self.digests.append(digest)
         w = np.frombuffer(blob, dtype="<f8").reshape(count, dim)
         if not np.all(np.isfinite(w)):
-            raise CertificationFailure(f"opening batch at {first} holds non-finite weights")
+            raise CertificationFailure(
+                f"opening batch at {offset + first} holds non-finite weights"
+            )
         self.weights[first : first + count] = w
         self.received += count
 
@@ -109,18 +119,18 @@ class CertifiedOpenings:
         Raises ``CertificationFailure`` naming the first challenge that fails. Returns summary
         numbers: models certified, largest gradient norm and largest certified f-error bound.
         """
-        n = self.spec.num_members
+        n = self.round.num_members
         if self.received != n:
             raise CertificationFailure(f"prover opened {self.received} of {n} challenges")
-        indices = np.arange(n)
-        seeds = self.spec.member_seeds(indices)
+        indices = self.round.members
+        seeds = self.round.spec.member_seeds(indices)
         leaves = merkle.build_leaves(indices, seeds, self.committed_f, self.digests)
         if merkle.MerkleTree(leaves).root != self.root:
             raise CertificationFailure(
                 "the opened leaves do not rebuild the committed Merkle root (equivocation)"
             )
-        return certify_members(self.task, self.spec, indices, self.weights, self.committed_f,
-                               batch_size)  # fmt: skip
+        return certify_members(self.task, self.round.spec, indices, self.weights,
+                               self.committed_f, batch_size)  # fmt: skip
 
 
 def certify_members(

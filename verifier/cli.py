@@ -1,6 +1,8 @@
 """``verifier`` console command: ``verifier verify`` and ``verifier plan``.
 
-Exit codes of ``verify``: 0 accepted, 1 rejected, 2 error (never accept on an error).
+Exit codes of ``verify``: 0 accepted (the (ε, δ) guarantee holds at the requested ε), 1 rejected,
+2 error (never accept on an error), 3 inconclusive (the run certifies only a looser ε; it says
+which).
 """
 
 from __future__ import annotations
@@ -12,11 +14,17 @@ import math
 import sys
 from typing import Any
 
-from protocol.accounting import Plan, plan_manual, plan_theory
+from protocol.accounting import Plan
+from protocol.rules.base import CheckMode, RuleName, Verdict
+from protocol.rules.practical import (
+    DEFAULT_MSE_CAP,
+    DEFAULT_TUPLE_CAP,
+    PILOT_TUPLES,
+    PracticalPlan,
+)
 from protocol.tasks import load_task
 from protocol.tasks.base import Task
-from verifier.certificate import CERTIFIED_MODES, CHECK_MODES
-from verifier.practical_flow import PILOT_TUPLES
+from verifier.planning import PlanOptions, make_verifier_plan, predict_practical
 
 log = logging.getLogger("verifier")
 
@@ -47,22 +55,35 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
         type=_positive_float,
         default=None,
         metavar="R",
-        help="practical mode: ε = R·Var f, Var f lower-bounded from the verifier's own models",
+        help="practical mode: ε = R·Var f, Var f bounded from the verifier's own models",
     )
     p.add_argument("--delta", type=_positive_float, default=0.05, help="failure probability δ")
-    p.add_argument("--mode", choices=["theory", "practical", "manual"], default="manual")
+    p.add_argument(
+        "--mode",
+        choices=[r.value for r in RuleName],
+        default=RuleName.PRACTICAL.value,
+        help="practical (default: accept only when err ≤ ε is guaranteed w.p. ≥ 1 − δ), or the "
+        "paper's rule at manual or theory sizes (for study; accept only if its sizes certify ε, "
+        "else inconclusive)",
+    )
     p.add_argument(
         "--max-mse-samples",
         type=int,
-        default=200_000,
-        help="practical: cap on the sequential MSE sample",
+        default=DEFAULT_MSE_CAP,
+        help="practical: cap on the secret MSE sample (beyond it the run is inconclusive)",
+    )
+    p.add_argument(
+        "--max-tuples",
+        type=int,
+        default=DEFAULT_TUPLE_CAP,
+        help="practical: cap on the challenge tuples (4 retrainings each) over every round",
     )
     p.add_argument(
         "--pilot-tuples",
         type=int,
         default=PILOT_TUPLES,
-        help=f"practical: coupled tuples the sizing pilot retrains (10 models each; default "
-        f"{PILOT_TUPLES}); a larger pilot predicts sizes better and costs verifier retrainings",
+        help=f"practical: tuples the seeded sizing pilot starts with (9 models each; default "
+        f"{PILOT_TUPLES}; it grows to ≤ 3%% of the verifier's predicted work)",
     )
     p.add_argument("--pairs", type=int, default=50_000, help="manual: coupled tuples (pairs/level)")
     p.add_argument("--spot-checks", type=int, default=64, help="manual: spot checks k")
@@ -70,13 +91,12 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rho", type=float, default=0.25, help="manual: correlation ρ")
     p.add_argument(
         "--checks",
-        choices=["auto", *CHECK_MODES],
+        choices=["auto", *(c.value for c in CheckMode)],
         default="auto",
         help="how challenges are checked: certified (every challenge from its weights with one "
         "gradient pass; strongly convex tasks only), certified-spot (sampled spot checks, each "
-        "certified from its weights; the cheapest on large plans), retrain (spot checks by "
-        "retraining), or auto (certified when the task supports it; in practical mode whichever "
-        "of certified and certified-spot checks fewer models)",
+        "certified from its weights), retrain (spot checks by retraining), or auto (certified "
+        "when the task supports it, else retrain)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -106,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--tls-server-name", metavar="NAME", help="TLS: expected server name")
     plan = sub.add_parser("plan", help="print the sizes and guarantee of a run without running it")
     _add_plan_args(plan)
+    plan.add_argument(
+        "--claim",
+        metavar="NPZ",
+        help="practical: size stage 2 for this claim (arrays intercepts (Z,), coefficients "
+        "(Z, N)) instead of a predicted honest one",
+    )
     audit = sub.add_parser("audit", help="check a verdict certificate offline")
     audit.add_argument("certificate", metavar="CERT")
     audit.add_argument(
@@ -115,172 +141,105 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_checks(args: argparse.Namespace, task: Task) -> str:
-    """'certified', 'certified-spot' or 'retrain'; 'auto' is 'certified' when the task supports
-    certified checks. Raises ``ValueError`` for a certified mode on a task without them."""
-    from protocol.certify import supports_certified_checks
-
-    if args.checks == "auto":
-        return "certified" if supports_certified_checks(task) else "retrain"
-    if args.checks != "retrain" and not supports_certified_checks(task):
-        raise ValueError(
-            f"--checks {args.checks}: task {task.name!r} does not support certified checks (it "
-            "is not strongly convex); use --checks retrain"
-        )
-    return args.checks
-
-
-def make_plan(args: argparse.Namespace, task: Task) -> Any:
-    """The plan the arguments ask for; raises ``ValueError`` with a readable reason.
-
-    With certified checks every challenge is checked (k = |E|, so no lie escapes: m* = 0); with
-    certified-spot checks k is sampled as with retraining, and each check is a gradient pass.
-    Practical mode first retrains a small pilot (counted in ``pilot_retrainings``).
-    """
-    if not 0 < args.delta < 1:
-        raise ValueError(f"--delta must be in (0, 1), got {args.delta}")
-    if args.epsilon is not None and args.epsilon_rel is not None:
-        raise ValueError("give --epsilon or --epsilon-rel, not both")
-    args.resolved_checks = resolve_checks(args, task)
-    certified = args.resolved_checks == "certified"  # every member checked
-    if args.mode == "practical":
-        from verifier.practical_flow import make_practical_plan, run_pilot
-
-        if args.max_mse_samples < 2:
-            raise ValueError("--max-mse-samples must be at least 2")
-        if args.pilot_tuples < 2:
-            raise ValueError("--pilot-tuples must be at least 2")
-        pilot = run_pilot(task, args.pilot_tuples)
-
-        def sized(all_checked: bool) -> Any:
-            return make_practical_plan(
-                task,
-                args.delta,
-                epsilon=None if args.epsilon_rel is not None else (args.epsilon or 0.2),
-                epsilon_rel=args.epsilon_rel,
-                certified=all_checked,
-                max_mse_samples=args.max_mse_samples,
-                pilot=pilot,
-            )[0]
-
-        args.pilot_retrainings = pilot.retrainings
-        if args.checks == "auto" and certified:
-            # auto on a convex task: certify every member or a sample, whichever checks fewer
-            # models (the same pilot sizes both; sampled checks pay for m* with a larger n)
-            return _cheaper_certified_plan(args, sized)
-        return sized(certified)
-    if args.epsilon_rel is not None:
-        raise ValueError("--epsilon-rel needs --mode practical (Var f is estimated there)")
-    if args.pairs < 1 or args.spot_checks < 1 or args.mse_samples < 1:
-        raise ValueError("--pairs, --spot-checks and --mse-samples must be positive")
-    common = {
-        "epsilon": args.epsilon or 0.2,
-        "delta": args.delta,
-        "output_bound": task.output_bound,
-        "tolerance": task.tolerance,
-        "num_targets": task.num_targets,
-    }
-    if args.mode == "theory":
-        return plan_theory(**common)
-    return plan_manual(
-        **common,
-        pairs_per_level=args.pairs,
-        spot_checks=4 * args.pairs if certified else args.spot_checks,
+def options_from_args(args: argparse.Namespace) -> PlanOptions:
+    """The CLI's plan options, as the planner takes them."""
+    return PlanOptions(
+        mode=RuleName(args.mode),
+        epsilon=args.epsilon,
+        epsilon_rel=args.epsilon_rel,
+        delta=args.delta,
+        checks=args.checks,
+        max_mse_samples=args.max_mse_samples,
+        max_tuples=args.max_tuples,
+        pilot_tuples=args.pilot_tuples,
+        pairs=args.pairs,
+        spot_checks=args.spot_checks,
         mse_samples=args.mse_samples,
         rho=args.rho,
     )
 
 
-def _cheaper_certified_plan(args: argparse.Namespace, sized: Any) -> Any:
-    """The practical plan with fewer verifier gradient passes: all members certified, or a sampled
-    spot-check set certified; sets ``args.resolved_checks``. Raises the first plan's error when
-    neither can be sized."""
-    options = []
-    errors = []
-    for checks, all_checked in (("certified", True), ("certified-spot", False)):
-        try:
-            options.append((sized(all_checked), checks))
-        except ValueError as exc:
-            errors.append(exc)
-    if not options:
-        raise errors[0]
-    plan, args.resolved_checks = min(options, key=lambda o: o[0].verifier_retrainings)
-    return plan
-
-
-def _plan_lines(plan: Any, task: Task, checks: str = "retrain") -> list[str]:
-    unit = {
-        "retrain": "retrainings",
-        "certified": "gradient passes (certified checks)",
-        "certified-spot": "gradient passes (certified spot checks)",
-    }[checks]
+def _paper_plan_lines(plan: Plan, task: Task, checks: CheckMode) -> list[str]:
     b = plan.budget
-    eps = plan.epsilon if isinstance(plan.epsilon, float) else min(plan.epsilon)
-    head = [
-        f"plan ({plan.mode}): ε={eps:.4g}"
-        + (
-            f" (= {plan.epsilon_rel:g}·LCB(Var f), smallest target)"
-            if getattr(plan, "epsilon_rel", None)
-            else ""
-        )
-        + f" δ={plan.delta:g} b={plan.output_bound:.4g} τ={plan.tolerance:g} "
-        f"Z={plan.num_targets} N={task.num_train_points}",
-        f"  ρ={plan.rho:.4g}  pairs/level={plan.pairs_per_level}  singles={plan.singles}  "
-        f"|E|={plan.num_members}  k={plan.spot_checks}  |M|={plan.mse_samples}"
-        f"{' (cap)' if plan.mode == 'practical' else ''}  m*={plan.lie_allowance}",
-    ]
-    if plan.mode == "practical":
-        return [
-            *head,
-            "  budget (predicted): " + ", ".join(f"{k} {v:.3g}" for k, v in b.items()),
-            "  guarantee: non-asymptotic (empirical Bernstein residual, anytime-valid MSE "
-            "confidence sequence); sizes are pilot predictions",
-            f"  work: verifier ≤ {plan.verifier_retrainings} {unit}, "
-            f"prover ≥ {plan.prover_retrainings}",
-        ]
+    unit = "gradient passes" if checks.certified else "retrainings"
     return [
-        *head,
-        f"  budget: fit bias ≤ {b['fit_bias']:.4g}, residual ±{b['residual_halfwidth']:.4g}, "
-        f"lies ≤ {b['lie_effect']:.4g}, τ charge {b['tau_charge']:.4g}, "
-        f"MSE ±{b['mse_halfwidth_planned']:.4g} (if |g| ≤ b)",
+        f"plan ({plan.mode}, the paper's rule): ε={plan.epsilon:.4g} δ={plan.delta:g} "
+        f"b={plan.output_bound:.4g} τ={plan.tolerance:g} Z={plan.num_targets} "
+        f"N={task.num_train_points}",
+        f"  ρ={plan.rho:.4g}  pairs/level={plan.pairs_per_level}  |E|={plan.num_members}  "
+        f"k={plan.spot_checks}  |M|={plan.mse_samples}  m*={plan.lie_allowance}",
         f"  certified ε at these sizes: {b['epsilon_certified']:.4g} "
-        f"({'meets' if plan.guarantee_met else 'does NOT meet'} the requested ε={eps:g})",
-        f"  work: verifier {plan.verifier_retrainings} {unit}, "
-        f"prover ≥ {plan.prover_retrainings} retrainings",
+        f"({'meets' if plan.guarantee_met else 'does NOT meet'} the requested ε={plan.epsilon:g})",
+        f"  work: verifier {plan.verifier_retrainings} {unit}, prover ≥ "
+        f"{plan.prover_retrainings} retrainings",
     ]
 
 
-def _print_result(result: Any, plan: Plan, task: Task) -> None:
-    checks = (result.details.get("spot_check") or {}).get("mode")
-    for line in _plan_lines(plan, task, checks if checks in CHECK_MODES else "retrain"):
+def _practical_plan_lines(plan: PracticalPlan, task: Task) -> list[str]:
+    eps = (
+        f"ε = {plan.epsilon_rel:g}·Var f (bounded from the verifier's sample)"
+        if plan.epsilon_rel is not None
+        else f"ε = {min(plan.epsilon or (0.0,)):.4g}"
+    )
+    return [
+        f"plan (practical): {eps}  δ={plan.delta:g}  b={plan.output_bound:.4g}  "
+        f"τ={plan.tolerance:g}  Z={plan.num_targets}  N={task.num_train_points}  "
+        f"checks={plan.checks.value}",
+        f"  caps: |M| ≤ {plan.mse_cap}, challenge tuples ≤ {plan.tuple_cap}; sizing pilot "
+        f"seed {plan.pilot_seed[:16]}… ({plan.pilot_tuples} tuples to start)",
+    ]
+
+
+def _print_result(result: Any, plan: Any, task: Task) -> None:
+    if isinstance(plan, PracticalPlan):
+        lines = _practical_plan_lines(plan, task)
+    else:
+        lines = _paper_plan_lines(plan, task, CheckMode(result.details.get("checks", "retrain")))
+    for line in lines:
         print(line)
-    print(f"verdict: {result.verdict.upper()}")
+    d = result.details
+    verdict = result.verdict.upper()
+    if result.verdict == Verdict.ACCEPT.value:
+        print(f"verdict: {verdict}  (guarantee met: err ≤ ε with probability ≥ 1 − δ)")
+    elif result.verdict == Verdict.INCONCLUSIVE.value:
+        cert = d.get("certified_epsilon")
+        worst = max(cert) if cert else float("nan")
+        print(
+            f"verdict: {verdict}  — guarantee NOT met at the requested ε; this run certifies "
+            f"only ε = {worst:.4g}"
+        )
+    else:
+        print(f"verdict: {verdict}")
     print(f"reason:  {result.reason}")
-    if result.details.get("mode") == "practical":
-        dec = result.details["decision"]
-        for t in range(len(dec["epsilon"])):
+    if d.get("mode") == RuleName.PRACTICAL.value and d.get("err_upper") is not None:
+        for t in range(len(d["err_upper"])):
             print(
-                f"  target {t}: err ∈ [{dec['err_lower'][t]:.4g}, {dec['err_upper'][t]:.4g}] "
-                f"vs ε={dec['epsilon'][t]:.4g}  (msê={dec['mse_estimate'][t]:.4g}, "
-                f"B≥2 ∈ [{dec['residual_lower'][t]:.4g}, {dec['residual_upper'][t]:.4g}])"
+                f"  target {t}: err ∈ [{d['err_lower'][t]:.4g}, {d['err_upper'][t]:.4g}] vs "
+                f"ε={d['epsilon'][t]:.4g}  (msê={d['mse_estimate'][t]:.4g} ≤ "
+                f"{d['mse_upper'][t]:.4g}; B≥2 ∈ [{d['residual_lower'][t]:.4g}, "
+                f"{d['residual_upper'][t]:.4g}])"
             )
-        print(f"  stopped: {result.details['stop_reason']}")
+        ch = d.get("challenge")
+        where = f"|M| = {d['mse_samples']}"
+        if ch:
+            where += (
+                f", {d['tuples']} challenge tuples (ρ = {ch['rho']:g}, residual on "
+                f"{'f − g' if ch['beta'] else 'f'})"
+            )
+        else:
+            where += ", no challenge needed"
+        print(f"  evidence: {where}")
     elif result.mse_hat is not None:
-        dec = result.details.get("decision", {})
-        thr = dec.get("threshold", [])
-        for t, (m, r) in enumerate(zip(result.mse_hat, result.residual_hat, strict=True)):
+        thr = (d.get("decision") or {}).get("threshold", [])
+        for t, (m, r) in enumerate(zip(result.mse_hat, result.residual_hat or [], strict=False)):
             extra = f" ≤? threshold {thr[t]:.5g}" if t < len(thr) else ""
             print(f"  target {t}: msê={m:.5g}  B̂≥2={r:.5g}{extra}")
-        cert = dec.get("epsilon_certified")
-        if cert is not None:
-            print(f"  certified ε (with the claimed datamodel's range): {max(cert):.4g}")
-    spot = result.details.get("spot_check")
-    if spot and spot.get("mode") in CERTIFIED_MODES:
-        which = "spot-checked" if spot.get("mode") == "certified-spot" else "all"
+    spot = d.get("spot_check")
+    if spot and spot.get("mode") in (CheckMode.CERTIFIED.value, CheckMode.CERTIFIED_SPOT.value):
+        which = "spot-checked" if spot.get("sampled") else "all"
         print(
             f"  certified checks: {which} {spot['certified_models']} challenges from their "
-            "weights; "
-            f"largest gradient norm {spot['max_grad_norm']:.3g}, so |f − f*| ≤ "
+            f"weights; largest gradient norm {spot['max_grad_norm']:.3g}, so |f − f*| ≤ "
             f"{spot['max_f_error_bound']:.3g} (τ = {spot['tolerance']:g})"
         )
     elif spot:
@@ -288,21 +247,27 @@ def _print_result(result: Any, plan: Plan, task: Task) -> None:
             f"  spot checks: {spot['spot_checks']} passed, max |diff| {spot['max_abs_diff']:.3g} "
             f"(τ = {spot['tolerance']:g})"
         )
-    v, p = result.verifier_retrainings, result.prover_retrainings
-    ratio = f" (prover ÷ verifier = {p / v:.1f})" if v else ""
-    cost = result.details.get("verifier_cost")
-    if cost:
+    v = float(result.verifier_retrainings)
+    cpu = d.get("verifier_cpu_s")
+    selfit = d.get("self_fit_retrainings")
+    line = f"cost: verifier {v:.1f} retraining-equivalents"
+    if cpu is not None:
+        line += f" ({cpu:.1f} CPU-s)"
+    line += (
+        f"; prover {result.prover_retrainings} retrainings reported "
+        f"({d.get('prover_retrainings_verified', 0)} verified)"
+    )
+    print(line)
+    if selfit:
+        floor = d.get("self_fit_floor")
+        extra = f"; no fit needs fewer than {floor}" if floor else ""
         print(
-            f"retrainings: verifier {v:.1f} retraining-equivalents ("
-            f"{cost['gradient_passes']:.0f} gradient passes = "
-            f"{cost['gradient_pass_retraining_equivalents']:.1f}, plus "
-            f"{cost['calibration_retrainings']:.0f} calibration retrainings), prover {p}{ratio}"
+            f"  fitting the datamodel yourself: ≈ {selfit} retrainings (OLS estimate{extra}); "
+            f"verifier ÷ self-fit = {v / selfit:.3g}"
         )
-    else:
-        print(f"retrainings: verifier {v}, prover {p}{ratio}")
-    timings = result.details.get("timings", {})
+    timings = d.get("timings", {})
     if timings:
-        print("wall time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+        print("wall time: " + ", ".join(f"{k} {t:.1f}s" for k, t in timings.items()))
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -310,21 +275,24 @@ def _verify(args: argparse.Namespace) -> int:
     from verifier.session import VerifierSession
 
     task = load_task(args.task)
-    plan = make_plan(args, task)
-    if plan.verifier_retrainings > MAX_LOCAL_RETRAININGS or plan.num_members > MAX_MEMBERS:
+    plan, checks = make_verifier_plan(options_from_args(args), task)
+    if isinstance(plan, Plan) and (
+        plan.verifier_retrainings > MAX_LOCAL_RETRAININGS or plan.num_members > MAX_MEMBERS
+    ):
         raise ValueError(
             f"{plan.mode} mode needs {plan.verifier_retrainings} verifier retrainings and "
-            f"|E| = {plan.num_members}; that is not runnable here — use --mode manual "
+            f"|E| = {plan.num_members}; that is not runnable here — use --mode practical "
             "(see `verifier plan`)"
         )
     signing_key = _signing_key(args)  # fail on a bad key before any work
-    session = VerifierSession(task, plan, selector=args.task, checks=args.resolved_checks)
+    session = VerifierSession(task, plan, selector=args.task, checks=checks)
     progress_ctx = None
     advance = None
     if not args.no_progress and not args.json:
         from protocol.progress import retraining_progress
 
-        progress_ctx = retraining_progress(plan.verifier_retrainings, "verifier retraining")
+        total = plan.mse_cap if isinstance(plan, PracticalPlan) else plan.verifier_retrainings
+        progress_ctx = retraining_progress(total, "verifier evidence")
         advance = progress_ctx.__enter__()
     try:
         result = run_verification(
@@ -340,10 +308,6 @@ def _verify(args: argparse.Namespace) -> int:
     finally:
         if progress_ctx is not None:
             progress_ctx.__exit__(None, None, None)
-    pilot = getattr(args, "pilot_retrainings", 0)
-    if pilot:
-        result.verifier_retrainings += pilot
-        result.details["pilot_retrainings"] = pilot
     if args.json:
         print(json.dumps(result.to_dict(), default=_json_default))
     else:
@@ -409,80 +373,84 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def _verifier_cost(plan: Any, task: Task, checks: str, pilot: int) -> float:
-    """Verifier cost in retraining-equivalents (certified checks cost one gradient pass each:
-    every member of E for ``certified``, the plan's sampled k for ``certified-spot``)."""
-    if checks == "retrain":
-        return float(plan.verifier_retrainings + pilot)
-    from verifier.certified import certified_cost
-
-    checked = (
-        (plan.num_members if checks == "certified" else plan.spot_checks)
-        + plan.mse_samples
-        + getattr(plan, "variance_samples", 0) * (getattr(plan, "epsilon_rel", None) is not None)
-    )
-    return certified_cost(task, int(checked))["retraining_equivalents"] + pilot
-
-
 def _plan(args: argparse.Namespace) -> int:
     task = load_task(args.task)
-    checks = resolve_checks(args, task)
-    plans: dict[str, Any] = {}
-    costs: dict[str, float] = {}
-    mode_checks: dict[str, str] = {}
-    epsilon_rel = args.epsilon_rel
-    for mode in ("practical", "theory", "manual"):
-        args.mode = mode
-        args.pilot_retrainings = 0
-        if mode != "practical" and epsilon_rel is not None:
-            # Theory and manual need an absolute ε: use the practical plan's resolved ε.
-            practical = plans.get("practical")
-            if not isinstance(practical, Exception) and practical is not None:
-                args.epsilon, args.epsilon_rel = min(practical.epsilon), None
-        try:
-            plans[mode] = make_plan(args, task)
-            mode_checks[mode] = args.resolved_checks
-            costs[mode] = _verifier_cost(
-                plans[mode], task, args.resolved_checks, args.pilot_retrainings
-            )
-        except ValueError as exc:
-            plans[mode] = exc
-    ok = {m: p for m, p in plans.items() if not isinstance(p, Exception)}
-    summary: dict[str, Any] = {
-        "checks": mode_checks.get("practical", checks),
-        "theory_verifier_retrainings": costs.get("theory"),
-        "practical_verifier_retrainings": costs.get("practical"),
-        "manual_verifier_retrainings": costs.get("manual"),
-        "prover_retrainings": ok["practical"].prover_retrainings if "practical" in ok else None,
-        "ratio": (
-            costs["theory"] / costs["practical"]
-            if "theory" in costs and "practical" in costs
-            else None
-        ),
-    }
-    for m, cost in costs.items():
-        summary[f"{m}_leverage"] = ok[m].prover_retrainings / cost if cost else None
+    options = options_from_args(args)
+    plan, checks = make_verifier_plan(options, task)
+    out: dict[str, Any] = {"mode": plan.mode, "checks": checks.value, "plan": plan.to_dict()}
+    if isinstance(plan, PracticalPlan):
+        claim = _load_claim(args.claim, task) if args.claim else None
+        out["prediction"] = predict_practical(task, plan, claim)
+        st2 = out["prediction"].get("stage2") or {}
+        pred = st2.get("predicted", {})
+        out["practical_verifier_retrainings"] = _predicted_work(plan, out["prediction"])
+        out["prover_retrainings"] = 4 * int(pred.get("tuples", 0)) + (
+            int(out["prediction"]["stage1_mse_samples"]) if checks.certified else 0
+        )
     if args.json:
-        out = {
-            **summary,
-            **{m: (p.to_dict() if m in ok else {"error": str(p)}) for m, p in plans.items()},
-        }
         print(json.dumps(out, default=_json_default))
         return 0
-    for mode, p in plans.items():
-        if mode in ok:
-            for line in _plan_lines(p, task, mode_checks[mode]):
-                print(line)
-            unit = "retraining-equivalents" if mode_checks[mode] != "retrain" else "retrainings"
+    if isinstance(plan, PracticalPlan):
+        for line in _practical_plan_lines(plan, task):
+            print(line)
+        pr = out["prediction"]
+        print(
+            f"  predicted for {pr['claim']} claim: stage 1 needs ≈ {pr['stage1_mse_samples']} MSE "
+            f"samples" + (" and then accepts on the MSE alone" if pr["accept_on_mse_alone"] else "")
+        )
+        st2 = pr.get("stage2")
+        if st2:
+            p2 = st2["predicted"]
             print(
-                f"  verifier cost {costs[mode]:.4g} {unit}; leverage prover ÷ verifier = "
-                f"{p.prover_retrainings / costs[mode]:.3g}"
+                f"  stage 2: ρ = {st2['rho']:g}, residual on {'f − g' if st2['beta'] else 'f'}, "
+                f"≈ {p2['tuples']} tuples (rounds up to {st2['schedule'][-1]}), "
+                f"{st2['spot_checks']} checks, goal {st2['goal']}"
             )
-        else:
-            print(f"plan ({mode}): not available: {p}")
-    if summary["ratio"] is not None:
-        print(f"theory ÷ practical verifier cost: {summary['ratio']:.3g}")
+        print(
+            f"  predicted verifier work ≈ {out['practical_verifier_retrainings']:.4g} "
+            f"retraining-equivalents; prover ≈ {out['prover_retrainings']} retrainings"
+        )
+        print(
+            "  guarantee: non-asymptotic, anytime-valid; sizes are predictions from the seeded "
+            "pilot (the run measures and re-sizes)"
+        )
+    else:
+        for line in _paper_plan_lines(plan, task, checks):
+            print(line)
     return 0
+
+
+def _predicted_work(plan: PracticalPlan, prediction: dict[str, Any]) -> float:
+    """Predicted verifier retraining-equivalents: MSE samples, checks and the pilot."""
+    m = int(prediction["stage1_mse_samples"])
+    st2 = prediction.get("stage2") or {}
+    pred = st2.get("predicted", {})
+    m = max(m, int(pred.get("mse_samples", 0)))
+    members = 4 * int(pred.get("tuples", 0))
+    if plan.checks is CheckMode.CERTIFIED:
+        checked = plan.check_cost * (members + m)
+    elif plan.checks is CheckMode.CERTIFIED_SPOT:
+        checked = plan.check_cost * (int(st2.get("spot_checks", 0)) + m)
+    else:
+        checked = float(int(st2.get("spot_checks", 0)) + m)
+    pilot = int(prediction.get("run_pilot_retrainings", 0)) if st2 else 0
+    return checked + pilot
+
+
+def _load_claim(path: str, task: Task) -> tuple[Any, Any]:
+    import numpy as np
+
+    from protocol.claim import check_claim
+
+    try:
+        with np.load(path) as data:
+            c, a = np.asarray(data["intercepts"]), np.asarray(data["coefficients"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(
+            f"--claim {path!r}: need an .npz with intercepts and coefficients ({exc})"
+        ) from exc
+    check_claim(c, a, task.num_targets, task.num_train_points)
+    return c, a
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,7 +116,7 @@ def describe_rpc_error(err: grpc.RpcError, step: str, address: str, timeout_s: f
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"prover at {address} did not answer {step} within {timeout_s:g}s (timeout)"
     if code == grpc.StatusCode.UNAVAILABLE:
-        return f"prover at {address} is unreachable or disconnected ({details})"
+        return f"prover at {address} is unreachable or disconnected during {step} ({details})"
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return (
             f"{step} to prover at {address} failed: a resource limit was reached "
@@ -164,8 +164,11 @@ class GrpcTransport:
         reason = describe_rpc_error(err, step, self.address, self.timeout_s)
         code = err.code() if hasattr(err, "code") else None
         details = (err.details() if hasattr(err, "details") else str(err)) or ""
-        if code != grpc.StatusCode.UNAVAILABLE or not any(
-            w in details.lower() for w in _HANDSHAKE_WORDS
+        # the handshake happens on the first call: a later disconnect is not a TLS problem
+        if (
+            step != "Hello"
+            or code != grpc.StatusCode.UNAVAILABLE
+            or not any(w in details.lower() for w in _HANDSHAKE_WORDS)
         ):
             return reason
         if self.tls is None:
@@ -197,6 +200,10 @@ class GrpcTransport:
     def hello(self, request: pb.HelloRequest) -> pb.HelloReply:
         """Hello with a deadline."""
         return self._unary("Hello", self.stub.Hello, request)
+
+    def claim(self, request: pb.ClaimRequest) -> Iterable[pb.ClaimChunk]:
+        """Claim stream with a deadline."""
+        return self._stream("Claim", self.stub.Claim, request)
 
     def commit(self, request: pb.ChallengeRequest) -> Iterable[pb.CommitChunk]:
         """Commit stream with a deadline."""

@@ -2,28 +2,31 @@
 
 ``run_protocol`` walks a ``VerifierSession`` through the steps against any ``ProverTransport``:
 the gRPC client (``verifier.client``) and in-process simulations use the same driver, so what is
-simulated is exactly what runs over the wire. It never accepts on an error.
+simulated is exactly what runs over the wire. It never accepts on an error, and it says ACCEPT
+only when the (ε, δ) guarantee holds at the ε the user asked for.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from proto.attribution.v1 import attribution_pb2 as pb
-from protocol.decision import datamodel_range
-from protocol.practical import mse_samples_for_range
+from protocol.accounting import Plan
+from protocol.decision import datamodel_predictions, datamodel_range, decide, mse_estimate
+from protocol.economics import self_fit_retrainings
+from protocol.residual import estimate_residual
+from protocol.rules.base import CheckMode, Verdict
+from protocol.rules.paper import paper_verdict
+from protocol.rules.practical import PracticalOutcome, PracticalPlan, PracticalRun
 from protocol.tasks.base import Progress
 from verifier.certified import certified_cost
-from verifier.practical_flow import run_sequential_mse
+from verifier.evidence import SUPPLY_BATCH, TransportEvidence
 from verifier.session import (
-    LocalWork,
     Rejection,
     VerificationError,
     VerificationResult,
@@ -32,117 +35,169 @@ from verifier.session import (
 
 log = logging.getLogger("verifier")
 
-#: Models requested per SupplyModels call (certified mode).
-SUPPLY_BATCH = 1024
-
 
 class TransportError(Exception):
     """The transport failed (timeout, disconnect, RPC error); ``str`` is a readable reason."""
 
 
 class ProverTransport(Protocol):
-    """The prover's six calls, as the driver sees them. Implementations raise ``TransportError``."""
+    """The prover's calls, as the driver sees them. Implementations raise ``TransportError``."""
 
     def hello(self, request: pb.HelloRequest) -> pb.HelloReply:
-        """Step 1."""
+        """Open a session."""
+        ...
+
+    def claim(self, request: pb.ClaimRequest) -> Iterable[pb.ClaimChunk]:
+        """The attribution."""
         ...
 
     def commit(self, request: pb.ChallengeRequest) -> Iterable[pb.CommitChunk]:
-        """Step 2."""
+        """One challenge round."""
         ...
 
     def open(self, request: pb.OpenRequest) -> Iterable[pb.Opening]:
-        """Step 3 (spot checks by retraining)."""
+        """The spot-check openings (sampled checks)."""
         ...
 
     def open_all(self, request: pb.OpenAllRequest) -> Iterable[pb.OpeningBatch]:
-        """Step 3 (certified checks)."""
+        """Every member of a round with its weights (certified checks)."""
         ...
 
     def supply_models(self, request: pb.ModelsRequest) -> Iterable[pb.SuppliedModel]:
-        """Step 3b (certified checks)."""
+        """Models of the revealed MSE sample (certified checks)."""
         ...
 
     def finish(self, request: pb.FinishRequest) -> pb.FinishReply:
-        """Step 4."""
+        """Close the session."""
         ...
 
 
+def _floats(values: Any) -> list[float | None]:
+    return [float(v) if np.isfinite(v) else None for v in np.atleast_1d(values)]
+
+
+def _costs(session: VerifierSession) -> dict[str, Any]:
+    """The verifier's work in retraining-equivalents: its own retrainings plus certified models
+    at their measured cost."""
+    out: dict[str, Any] = {
+        "local_retrainings": session.local_retrainings,
+        "pilot_retrainings": session.pilot_retrainings,
+        "certified_models": session.certified_models,
+    }
+    total = float(session.local_retrainings)
+    if session.certified_models:
+        cost = certified_cost(session.task, session.certified_models)
+        out.update(cost)
+        total += cost["retraining_equivalents"]
+    out["retraining_equivalents"] = total
+    return out
+
+
 def error_result(
-    session: VerifierSession, reason: str, verdict: str = "error", verifier_retrainings: float = 0
+    session: VerifierSession, reason: str, verdict: Verdict = Verdict.ERROR
 ) -> VerificationResult:
     """A non-accepting result carrying ``reason``."""
+    plan = session.plan
+    eps = plan.epsilon if isinstance(plan, Plan) else (plan.epsilon or plan.epsilon_rel)
     return VerificationResult(
-        verdict=verdict,
+        verdict=verdict.value,
         reason=reason,
-        epsilon=session.plan.epsilon,
-        delta=session.plan.delta,
+        epsilon=eps,
+        delta=plan.delta,
         num_train_points=session.N,
-        verifier_retrainings=verifier_retrainings,
-        prover_retrainings=session.prover_retrainings,
-        details={"transcript_hash": session.transcript.hexdigest},
+        verifier_retrainings=float(session.local_retrainings),
+        prover_retrainings=session.prover_retrainings_reported,
+        details={
+            "mode": session.rule.value,
+            "checks": session.checks.value,
+            "guarantee_met": False,
+            "certified_epsilon": None,
+            "claim_digest": session.claim_digest_hex,
+            "transcript_hash": session.transcript.hexdigest,
+        },
     )
-
-
-def _certified_mse(
-    session: VerifierSession, transport: ProverTransport, progress: Progress | None
-) -> LocalWork:
-    for first in range(0, session.plan.mse_samples, SUPPLY_BATCH):
-        count = min(SUPPLY_BATCH, session.plan.mse_samples - first)
-        models = list(transport.supply_models(session.models_request(first, count)))
-        session.ingest_models(first, models)
-        if progress is not None:
-            progress(count)
-    return session.certified_local_work()
 
 
 def _practical(
-    session: VerifierSession,
-    transport: ProverTransport,
-    local_future: Future[LocalWork] | None,
-    progress: Progress | None,
-    enter: Callable[[str], None],
-) -> VerificationResult:
-    local = None
-    if session.checks == "retrain":
-        enter("local retraining (spot checks)")
-        assert local_future is not None
-        local = local_future.result()
-        session.spot_check(local)  # a failed spot check rejects before any MSE work
-
-    def fetch(first: int, count: int) -> np.ndarray:
-        if session.supplies_models:
-            models = list(transport.supply_models(session.models_request(first, count)))
-            session.ingest_models(first, models)
-            return session.mse_f_parts[-1]
-        return session.retrain_mse(first, count)
-
-    enter("sequential MSE")
+    session: VerifierSession, transport: ProverTransport, progress: Progress | None
+) -> tuple[Verdict, str, dict[str, Any]]:
     plan = session.plan
-    ranges = datamodel_range(session.intercepts, session.coefficients)
-    cap = mse_samples_for_range(plan, ranges)  # type: ignore[arg-type]
-    note = f"MSE cap {cap} as planned"
-    if cap != plan.mse_samples:
-        note = (
-            f"MSE cap raised from the planned {plan.mse_samples} to {cap} for the claimed "
-            f"datamodel's range G = {float(ranges.max()):.3g} (planned at G = b)"
-        )
-        plan = dataclasses.replace(plan, mse_samples=cap)  # type: ignore[type-var]
-    outcome = run_sequential_mse(
-        plan,  # type: ignore[arg-type]
-        session.task,
-        session.f_values,
-        session.intercepts,
-        session.coefficients,
-        session.mse_sample.masks,
-        fetch,
-        progress,
+    assert isinstance(plan, PracticalPlan)
+    evidence = TransportEvidence(session, transport, progress)
+    run = PracticalRun(plan, session.intercepts, session.coefficients, evidence)
+    outcome: PracticalOutcome = run.run()
+    verdict, reason = outcome.verdict, outcome.reason
+    checks: dict[str, Any] | None = session.spot_summary
+    cp = outcome.challenge
+    if session.num_tuples and not session.checks.all_members and verdict is not Verdict.REJECT:
+        assert cp is not None
+        k = min(cp.spot_checks, session.num_members)
+        for opening in transport.open(session.open_request(k)):
+            session.ingest_opening(opening)
+        checks = session.check_spot_openings()
+    details = outcome.to_dict()
+    details.pop("verdict")
+    details.pop("reason")
+    details["spot_check"] = checks
+    eps = outcome.epsilon_estimate
+    details["self_fit_retrainings"] = self_fit_retrainings(
+        session.N, outcome.mse_estimate, np.where(eps > 0, eps, np.inf)
     )
-    enter("decide")
-    result = session.decide_practical(outcome, local)
-    result.details["mse_cap"] = cap
-    result.details["mse_cap_note"] = note
-    return result
+    details["self_fit_floor"] = session.N + 1
+    details["self_fit_method"] = (
+        "estimate: OLS excess risk B≥2·(N+1)/(K−N−2) ≤ ε per target, at the point estimates "
+        "B≥2 ≈ msê and ε ≈ R·Var f̂ (protocol.economics); no fit needs fewer than N + 1 = "
+        "self_fit_floor; benchmarks/leverage.py measures it"
+    )
+    return verdict, f"{reason}; {outcome.stop_reason}", details
+
+
+def _paper(
+    session: VerifierSession, transport: ProverTransport, progress: Progress | None
+) -> tuple[Verdict, str, dict[str, Any]]:
+    plan = session.plan
+    assert isinstance(plan, Plan)
+    for chunk in transport.commit(session.challenge_request(plan.rho, plan.pairs_per_level)):
+        session.ingest_commit(chunk)
+    f_values = session.require_commitment()
+    if session.checks is CheckMode.CERTIFIED:
+        for batch in transport.open_all(session.open_all_request()):
+            session.ingest_opening_batch(batch)
+        session.verify_round()
+    else:
+        for opening in transport.open(session.open_request(plan.spot_checks)):
+            session.ingest_opening(opening)
+        session.check_spot_openings()
+    m = plan.mse_samples
+    if session.checks.certified:
+        parts = []
+        for first in range(0, m, SUPPLY_BATCH):
+            count = min(SUPPLY_BATCH, m - first)
+            models = list(transport.supply_models(session.models_request(first, count)))
+            parts.append(session.ingest_models(first, models))
+            if progress is not None:
+                progress(count)
+        mse_f = np.concatenate(parts, axis=0)
+    else:
+        mse_f = session.retrain_mse(0, m)
+    residual = estimate_residual(f_values, plan.rho)
+    predictions = datamodel_predictions(
+        session.mse_sample.masks(np.arange(m)), session.intercepts, session.coefficients
+    )
+    mse_hat = mse_estimate(mse_f, predictions)
+    ranges = datamodel_range(session.intercepts, session.coefficients)
+    decision = decide(plan, residual, mse_hat, ranges)
+    verdict, reason = paper_verdict(decision)
+    details = {
+        "decision": decision.to_dict(),
+        "spot_check": session.spot_summary,
+        "certified_epsilon": [float(v) for v in decision.epsilon_certified],
+        "mse_hat": [float(v) for v in mse_hat],
+        "residual_hat": [float(v) for v in residual.residual],
+        "self_fit_retrainings": self_fit_retrainings(session.N, mse_hat, plan.epsilon),
+        "self_fit_method": "estimate: OLS excess risk with B≥2 ≈ msê (protocol.economics)",
+    }
+    return verdict, reason, details
 
 
 def _tell_prover(session: VerifierSession, transport: ProverTransport, verdict: str) -> None:
@@ -167,16 +222,16 @@ def run_protocol(
     progress: Progress | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> VerificationResult:
-    """Run the protocol; return accept, reject or error — accept only if every step held.
+    """Run the protocol; return accept, reject, inconclusive or error.
 
-    Guarantees: "accept" only if every message arrived well-formed, every opening verified,
-    every check matched, and the decision rule held. A transport failure, malformed message or
-    crash gives "error"; a caught prover gives "reject"; each with a reason a person understands.
+    Guarantees: "accept" only if every message arrived well-formed, every opening and check held,
+    and the rule's (ε, δ) guarantee holds at the requested ε; "inconclusive" when the run
+    certifies only a looser ε (it says which); a transport failure, malformed message or crash
+    gives "error"; a caught prover "reject"; each with a reason a person understands.
     """
     started = time.monotonic()
+    cpu_started = time.process_time()
     step = "hello"
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verifier-local")
-    local_future: Future[LocalWork] | None = None
 
     def enter(name: str) -> None:
         nonlocal step
@@ -187,43 +242,18 @@ def run_protocol(
     try:
         enter("hello")
         session.check_hello(transport.hello(session.hello_request()))
-        if session.checks == "retrain":
-            # C and M are known from the start: retrain them while the prover works.
-            local_future = session.start_local_work(executor, progress)
-        enter("commit")
-        for chunk in transport.commit(session.challenge_request()):
-            session.ingest(chunk)
-        session.require_commitment()
-        session.timings["commit_s"] = time.monotonic() - started
-        enter("open")
-        if session.checks == "certified":
-            for batch in transport.open_all(session.open_all_request()):
-                session.ingest_opening_batch(batch)
+        enter("claim")
+        for chunk in transport.claim(session.claim_request()):
+            session.ingest_claim(chunk)
+        session.require_claim()
+        session.timing("claim_s", started)
+        enter("verify")
+        if isinstance(session.plan, PracticalPlan):
+            verdict, reason, details = _practical(session, transport, progress)
         else:
-            for opening in transport.open(session.open_request()):
-                session.ingest_opening(opening)
-        session.require_all_openings()
-        session.timings["open_s"] = time.monotonic() - started
-        if session.practical:
-            result = _practical(session, transport, local_future, progress, enter)
-        else:
-            if session.supplies_models:
-                enter("supply models")
-                local = _certified_mse(session, transport, progress)
-            else:
-                enter("local retraining")
-                assert local_future is not None
-                local = local_future.result()
-            session.timings["local_retraining_s"] = local.seconds
-            enter("decide")
-            result = session.decide(local)
-        if session.supplies_models:
-            checked = len(session.spot_indices) + session.models_received
-            cost = certified_cost(session.task, checked)
-            result.verifier_retrainings = cost["retraining_equivalents"]
-            result.prover_retrainings += session.models_received
-            result.details["verifier_cost"] = cost
-        session.timings["total_s"] = time.monotonic() - started
+            verdict, reason, details = _paper(session, transport, progress)
+        session.timing("evidence_s", started)
+        result = _result(session, verdict, reason, details, cpu_started)
         enter("finish")
         try:
             fin = transport.finish(
@@ -238,22 +268,80 @@ def run_protocol(
             )
         except TransportError as exc:  # the verdict stands; the prover just missed the news
             log.warning("finish: %s", exc)
+        session.timing("total_s", started)
         result.details["wall_time_s"] = time.monotonic() - started
         result.details["timings"] = session.timings
         return result
     except TransportError as exc:
-        return error_result(session, f"{step}: {exc}")
+        return _finish_error(session, f"{step}: {exc}", Verdict.ERROR, cpu_started)
     except VerificationError as exc:
-        return error_result(session, f"{step}: {exc}")
+        return _finish_error(session, f"{step}: {exc}", Verdict.ERROR, cpu_started)
     except Rejection as exc:
-        local_n = 0
-        if local_future is not None and local_future.done() and not local_future.exception():
-            local_n = local_future.result().retrainings
-        result = error_result(session, f"{step}: {exc}", "reject", local_n)
+        result = _finish_error(session, f"{step}: {exc}", Verdict.REJECT, cpu_started)
         _tell_prover(session, transport, result.verdict)
         return result
     except Exception as exc:  # a crash must never become an accept
         log.exception("verifier crashed during %s", step)
-        return error_result(session, f"{step}: internal error {type(exc).__name__}: {exc}")
-    finally:
-        executor.shutdown(wait=False, cancel_futures=True)
+        return _finish_error(
+            session, f"{step}: internal error {type(exc).__name__}: {exc}", Verdict.ERROR,
+            cpu_started,
+        )  # fmt: skip
+
+
+def _finish_error(
+    session: VerifierSession, reason: str, verdict: Verdict, cpu_started: float
+) -> VerificationResult:
+    result = error_result(session, reason, verdict)
+    result.details["verifier_cpu_s"] = time.process_time() - cpu_started
+    return result
+
+
+def _result(
+    session: VerifierSession,
+    verdict: Verdict,
+    reason: str,
+    details: dict[str, Any],
+    cpu_started: float,
+) -> VerificationResult:
+    plan = session.plan
+    costs = _costs(session)
+    if isinstance(plan, PracticalPlan):
+        eps: Any = details.get("epsilon")
+        eps = eps[0] if isinstance(eps, list) and len(eps) == 1 else eps
+    else:
+        eps = plan.epsilon
+    mse_hat = details.pop("mse_hat", details.get("mse_estimate"))
+    residual_hat = details.pop("residual_hat", None)
+    if residual_hat is None and details.get("residual_lower") is not None:
+        residual_hat = details.get("residual_lower")
+    verified = session.prover_retrainings_verified
+    out = {
+        "mode": session.rule.value,
+        "checks": session.checks.value,
+        "guarantee_met": verdict is Verdict.ACCEPT,
+        "certified_epsilon": details.pop("certified_epsilon", None),
+        "verifier_cpu_s": time.process_time() - cpu_started,
+        "verifier_cost": costs,
+        "prover_retrainings_verified": verified,
+        "prover_retrainings_reported": session.prover_retrainings_reported,
+        # the samples behind the prover's datamodel, as it reports them (unverified)
+        "datamodel_samples": (
+            int(session.claim_summary.datamodel_samples) if session.claim_summary else 0
+        ),
+        "claim_digest": session.claim_digest_hex,
+        "plan": plan.to_dict(),
+        "transcript_hash": session.transcript.hexdigest,
+        **details,
+    }
+    return VerificationResult(
+        verdict=verdict.value,
+        reason=reason,
+        epsilon=eps,
+        delta=plan.delta,
+        num_train_points=session.N,
+        verifier_retrainings=costs["retraining_equivalents"],
+        prover_retrainings=session.prover_retrainings_reported,
+        mse_hat=None if mse_hat is None else _floats(mse_hat),
+        residual_hat=None if residual_hat is None else _floats(residual_hat),
+        details=out,
+    )

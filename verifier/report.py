@@ -13,7 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from verifier.certificate import CERTIFIED_MODES
+from protocol.rules.base import CheckMode
+from verifier.certificate import PRACTICAL_DECISION_FIELDS
+
+CERTIFIED_MODES = tuple(c.value for c in CheckMode if c.certified)
 
 #: At most this many targets get their own panel (the table in report.md lists them all).
 MAX_PANELS = 6
@@ -43,18 +46,18 @@ def plot_noise_stability(decision: dict[str, Any], mode: str, path: Path) -> Pat
     t = 1 (B̂≥2 = B̂ − z0 − z1). Practical: the B≥2 estimate with its confidence interval."""
     plt = _plt()
     if mode == "practical":
-        res = decision["residual"]
-        est = np.asarray(res["estimate"], dtype=float)
         lo = np.asarray(decision["residual_lower"], dtype=float)
-        hi = np.asarray(decision["residual_upper"], dtype=float)
-        t = np.arange(est.size)
-        fig, ax = plt.subplots(figsize=(max(4.5, 0.6 * est.size + 2), 3.4))
-        ax.errorbar(t, est, yerr=[est - lo, hi - est], fmt="o", capsize=5, label="B̂≥2 estimate")
+        hi = np.minimum(np.asarray(decision["residual_upper"], dtype=float),
+                        np.asarray(decision["mse_upper"], dtype=float))  # fmt: skip
+        mid = (lo + hi) / 2
+        t = np.arange(lo.size)
+        fig, ax = plt.subplots(figsize=(max(4.5, 0.6 * lo.size + 2), 3.4))
+        ax.errorbar(t, mid, yerr=[mid - lo, hi - mid], fmt="o", capsize=5, label="B≥2 bounds")
         ax.scatter(t, lo, marker="_", s=200, color="C3", label="lower end (used in err_upper)")
         ax.set_xticks(t)
         ax.set_xlabel("target")
         ax.set_ylabel("B≥2 (residual)")
-        ax.set_title(f"Residual interval (ρ = {res['rho']:g}, n = {res['num_tuples']} tuples)")
+        ax.set_title(f"Residual bounds ({decision.get('tuples', 0)} challenge tuples)")
         ax.legend(fontsize=8)
     else:
         est = decision["residual_estimate"]
@@ -88,8 +91,8 @@ def plot_mse(decision: dict[str, Any], mode: str, path: Path) -> Path:
         lo = np.asarray(decision["mse_lower"], dtype=float)
         hi = np.asarray(decision["mse_upper"], dtype=float)
         eps = np.asarray(decision["epsilon"], dtype=float)
-        # err_upper ≤ ε  ⇔  mse_upper ≤ ε + B≥2_lower − τ_mse
-        limit = eps + np.asarray(decision["residual_lower"]) - np.asarray(decision["mse_tau_shift"])
+        # err_upper ≤ ε  ⇔  mse_upper ≤ ε + B≥2_lower
+        limit = eps + np.asarray(decision["residual_lower"], dtype=float)
         err_lo = np.asarray(decision["err_lower"], dtype=float)
         err_hi = np.asarray(decision["err_upper"], dtype=float)
         t = np.arange(est.size)
@@ -97,7 +100,7 @@ def plot_mse(decision: dict[str, Any], mode: str, path: Path) -> Path:
         mid = np.where(np.isfinite(est), est, (lo + hi) / 2)
         ax.errorbar(t, mid, yerr=[mid - lo, hi - mid], fmt="o", capsize=5, label="MSE (CI)")
         ax.scatter(t, limit, marker="_", s=400, color="C3", label="accept iff upper ≤ this")
-        ax.set_title(f"MSE confidence interval (|M| = {decision['mse_count']})")
+        ax.set_title(f"MSE confidence interval (|M| = {decision['mse_samples']})")
         ax.set_xlabel("target")
         ax.set_ylabel("mean squared error")
         ax.set_xticks(t)
@@ -208,7 +211,7 @@ def _fmt(v: Any) -> str:
 def _target_table(decision: dict[str, Any], mode: str) -> list[str]:
     if mode == "practical":
         cols = [
-            *("epsilon", "mse_estimate", "mse_lower", "mse_upper", "mse_tau_shift"),
+            *("epsilon", "mse_estimate", "mse_lower", "mse_upper"),
             *("residual_lower", "residual_upper", "err_lower", "err_upper", "per_target"),
         ]
     else:
@@ -237,10 +240,14 @@ def write_report(
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    mode = result.get("mode") or "manual"
     decision = result.get("decision")
-    mode = result.get("mode") or (decision or {}).get("plan", {}).get("mode", "manual")
-    if decision is not None and "err_upper" in decision:
-        mode = "practical"
+    if mode == "practical":
+        decision = None
+        if result.get("err_upper") is not None:
+            decision = {k: result.get(k) for k in PRACTICAL_DECISION_FIELDS}
+            if not isinstance(decision["epsilon"], list):
+                decision["epsilon"] = [decision["epsilon"]]
     md: list[str] = [f"# Verification report: {str(result['verdict']).upper()}", ""]
     md += [f"**Verdict:** {result['verdict']}  ", f"**Reason:** {result['reason']}", ""]
     if task:
@@ -250,7 +257,7 @@ def write_report(
         "",
         f"- mode: {mode}; ε = {_fmt(result.get('epsilon'))}; δ = {_fmt(result.get('delta'))}",
         f"- transcript hash: `{result.get('transcript_hash')}`",
-        f"- Merkle root: `{result.get('merkle_root')}`",
+        f"- claim digest: `{result.get('claim_digest')}`",
         f"- retrainings: verifier {_fmt(result.get('verifier_retrainings'))}, "
         f"prover {_fmt(result.get('prover_retrainings'))}",
     ]
@@ -269,7 +276,10 @@ def write_report(
     if decision is not None:
         md += ["## Decision numbers", ""]
         if mode == "practical":
-            md.append("Accept iff err_upper = mse_upper + τ_mse − B≥2_lower ≤ ε for every target.")
+            md.append(
+                "Accept iff err_upper = mse_upper − B≥2_lower ≤ ε for every target; reject iff "
+                "err_lower = mse_lower − B≥2_upper > ε for some target; else inconclusive."
+            )
         else:
             md.append(f"Accept iff msê ≤ B̂≥2 + ε/2 for every target (ε = {decision['epsilon']:g}).")
         md += ["", *_target_table(decision, mode), ""]

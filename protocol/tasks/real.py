@@ -37,8 +37,12 @@ DEFAULT_L2 = 1e-2
 DEFAULT_TOL = 1e-10
 DEFAULT_TAU = 1e-6
 DEFAULT_BOUND = 10.0
-#: Logistic-regression tasks centre their margins, so a tighter bound keeps f nearly linear.
-DEFAULT_LOGREG_BOUND = 2.0
+#: Logistic-regression tasks centre and standardise their margins (scale=auto), so f = b·tanh(u/b)
+#: with u of unit SD: b = 1.5 is about two standard deviations of f, a range every
+#: non-asymptotic bound can afford (scale=none,b=2 is the raw-margin variant).
+DEFAULT_LOGREG_BOUND = 1.5
+#: The default margin scale rule of logistic-regression tasks.
+DEFAULT_LOGREG_SCALE = "auto"
 #: Reference subsets averaged for the public centring offset.
 CENTER_REFERENCE_SUBSETS = 64
 DEFAULT_P = 0.5
@@ -143,7 +147,8 @@ _LOGREG = {
     "center": "public margin offset: auto (mean over 64 public reference subsets) or none",
     "scale": (
         "per-target margin scale σ_t, f = b·tanh(u/b) with u = (margin − center)/σ_t: auto "
-        "(the margin's std over the same 64 reference subsets) or none (σ_t = 1, the default)"
+        "(the margin's std over the same 64 reference subsets, the default) or none (σ_t = 1: "
+        "raw margins, for which b must cover the margin's whole range)"
     ),
 }
 
@@ -251,7 +256,7 @@ class LogisticRegressionTask(_RealTask):
         tau: float = DEFAULT_TAU,
         max_iter: int = DEFAULT_MAX_ITER,
         center: str = "auto",
-        scale: str = "none",
+        scale: str = DEFAULT_LOGREG_SCALE,
         dataset_spec: dict[str, Any],
     ) -> None:
         super().__init__(selector, name, split, p=p, bound=bound, dataset_spec=dataset_spec)
@@ -508,7 +513,7 @@ def _logreg_kwargs(tp: TaskParams) -> dict[str, Any]:
         "tau": tau,
         "max_iter": tp.int("max_iter", DEFAULT_MAX_ITER, lo=1),
         "center": tp.str("center", "auto"),
-        "scale": tp.str("scale", "none"),
+        "scale": tp.str("scale", DEFAULT_LOGREG_SCALE),
     }
 
 

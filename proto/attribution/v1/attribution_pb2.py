@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&proto/attribution/v1/attribution.proto\x12\x0e\x61ttribution.v1\"q\n\x0cTaskIdentity\x12\x10\n\x08selector\x18\x01 \x01(\t\x12\x11\n\ttask_hash\x18\x02 \x01(\t\x12\x11\n\tspec_hash\x18\x03 \x01(\t\x12\x11\n\tdata_hash\x18\x04 \x01(\t\x12\x16\n\x0e\x63\x61nonical_spec\x18\x05 \x01(\t\"T\n\x0cHelloRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12*\n\x04task\x18\x02 \x01(\x0b\x32\x1c.attribution.v1.TaskIdentity\"{\n\nHelloReply\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12*\n\x04task\x18\x02 \x01(\x0b\x32\x1c.attribution.v1.TaskIdentity\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x13\n\x0bprover_info\x18\x04 \x01(\t\"\\\n\x10\x43hallengeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0bpublic_seed\x18\x02 \x01(\x0c\x12\x12\n\nnum_tuples\x18\x03 \x01(\x04\x12\x0b\n\x03rho\x18\x04 \x01(\x01\"^\n\x0f\x41ttributionPart\x12\x0e\n\x06target\x18\x01 \x01(\r\x12\x11\n\tintercept\x18\x02 \x01(\x01\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x18\n\x0c\x63oefficients\x18\x04 \x03(\x01\x42\x02\x10\x01\"E\n\x0b\x46ValuesPart\x12\x13\n\x0b\x66irst_index\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x12\n\x06values\x18\x03 \x03(\x01\x42\x02\x10\x01\"U\n\x0e\x43ommitmentRoot\x12\x13\n\x0bmerkle_root\x18\x01 \x01(\x0c\x12\x12\n\nnum_leaves\x18\x02 \x01(\x04\x12\x1a\n\x12prover_retrainings\x18\x03 \x01(\x04\"\xae\x01\n\x0b\x43ommitChunk\x12\x36\n\x0b\x61ttribution\x18\x01 \x01(\x0b\x32\x1f.attribution.v1.AttributionPartH\x00\x12/\n\x08\x66_values\x18\x02 \x01(\x0b\x32\x1b.attribution.v1.FValuesPartH\x00\x12.\n\x04root\x18\x03 \x01(\x0b\x32\x1e.attribution.v1.CommitmentRootH\x00\x42\x06\n\x04part\"L\n\x0bOpenRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x07indices\x18\x02 \x03(\x04\x42\x02\x10\x01\x12\x14\n\x0cwith_weights\x18\x03 \x01(\x08\"$\n\x0eOpenAllRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x85\x01\n\x0cOpeningBatch\x12\x13\n\x0b\x66irst_index\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x14\n\x08\x66_values\x18\x03 \x03(\x01\x42\x02\x10\x01\x12\x11\n\x05seeds\x18\x04 \x03(\x04\x42\x02\x10\x01\x12\x17\n\x0fweights_digests\x18\x05 \x01(\x0c\x12\x0f\n\x07weights\x18\x06 \x01(\x0c\"t\n\x07Opening\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\x14\n\x08\x66_values\x18\x03 \x03(\x01\x42\x02\x10\x01\x12\x16\n\x0eweights_digest\x18\x04 \x01(\x0c\x12\r\n\x05proof\x18\x05 \x03(\x0c\x12\x0f\n\x07weights\x18\x06 \x01(\x0c\"U\n\rModelsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nsample_key\x18\x02 \x01(\x0c\x12\r\n\x05\x66irst\x18\x03 \x01(\x04\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\"/\n\rSuppliedModel\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0f\n\x07weights\x18\x02 \x01(\x0c\"M\n\rFinishRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07verdict\x18\x02 \x01(\t\x12\x17\n\x0ftranscript_hash\x18\x03 \x01(\x0c\"&\n\x0b\x46inishReply\x12\x17\n\x0ftranscript_hash\x18\x01 \x01(\x0c\x32\xb7\x03\n\x06Prover\x12\x41\n\x05Hello\x12\x1c.attribution.v1.HelloRequest\x1a\x1a.attribution.v1.HelloReply\x12I\n\x06\x43ommit\x12 .attribution.v1.ChallengeRequest\x1a\x1b.attribution.v1.CommitChunk0\x01\x12>\n\x04Open\x12\x1b.attribution.v1.OpenRequest\x1a\x17.attribution.v1.Opening0\x01\x12I\n\x07OpenAll\x12\x1e.attribution.v1.OpenAllRequest\x1a\x1c.attribution.v1.OpeningBatch0\x01\x12N\n\x0cSupplyModels\x12\x1d.attribution.v1.ModelsRequest\x1a\x1d.attribution.v1.SuppliedModel0\x01\x12\x44\n\x06\x46inish\x12\x1d.attribution.v1.FinishRequest\x1a\x1b.attribution.v1.FinishReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&proto/attribution/v1/attribution.proto\x12\x0e\x61ttribution.v1\"q\n\x0cTaskIdentity\x12\x10\n\x08selector\x18\x01 \x01(\t\x12\x11\n\ttask_hash\x18\x02 \x01(\t\x12\x11\n\tspec_hash\x18\x03 \x01(\t\x12\x11\n\tdata_hash\x18\x04 \x01(\t\x12\x16\n\x0e\x63\x61nonical_spec\x18\x05 \x01(\t\"T\n\x0cHelloRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12*\n\x04task\x18\x02 \x01(\x0b\x32\x1c.attribution.v1.TaskIdentity\"{\n\nHelloReply\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12*\n\x04task\x18\x02 \x01(\x0b\x32\x1c.attribution.v1.TaskIdentity\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x13\n\x0bprover_info\x18\x04 \x01(\t\"\"\n\x0c\x43laimRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"I\n\x0c\x43laimSummary\x12\x0e\n\x06\x64igest\x18\x01 \x01(\x0c\x12\x19\n\x11\x64\x61tamodel_samples\x18\x02 \x01(\x04\x12\x0e\n\x06method\x18\x03 \x01(\t\"}\n\nClaimChunk\x12\x36\n\x0b\x61ttribution\x18\x01 \x01(\x0b\x32\x1f.attribution.v1.AttributionPartH\x00\x12/\n\x07summary\x18\x02 \x01(\x0b\x32\x1c.attribution.v1.ClaimSummaryH\x00\x42\x06\n\x04part\"q\n\x10\x43hallengeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0bpublic_seed\x18\x02 \x01(\x0c\x12\x12\n\nnum_tuples\x18\x03 \x01(\x04\x12\x0b\n\x03rho\x18\x04 \x01(\x01\x12\x13\n\x0b\x66irst_tuple\x18\x05 \x01(\x04\"^\n\x0f\x41ttributionPart\x12\x0e\n\x06target\x18\x01 \x01(\r\x12\x11\n\tintercept\x18\x02 \x01(\x01\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x18\n\x0c\x63oefficients\x18\x04 \x03(\x01\x42\x02\x10\x01\"E\n\x0b\x46ValuesPart\x12\x13\n\x0b\x66irst_index\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x12\n\x06values\x18\x03 \x03(\x01\x42\x02\x10\x01\"U\n\x0e\x43ommitmentRoot\x12\x13\n\x0bmerkle_root\x18\x01 \x01(\x0c\x12\x12\n\nnum_leaves\x18\x02 \x01(\x04\x12\x1a\n\x12prover_retrainings\x18\x03 \x01(\x04\"|\n\x0b\x43ommitChunk\x12/\n\x08\x66_values\x18\x02 \x01(\x0b\x32\x1b.attribution.v1.FValuesPartH\x00\x12.\n\x04root\x18\x03 \x01(\x0b\x32\x1e.attribution.v1.CommitmentRootH\x00\x42\x06\n\x04partJ\x04\x08\x01\x10\x02\"L\n\x0bOpenRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x07indices\x18\x02 \x03(\x04\x42\x02\x10\x01\x12\x14\n\x0cwith_weights\x18\x03 \x01(\x08\"3\n\x0eOpenAllRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\"\x85\x01\n\x0cOpeningBatch\x12\x13\n\x0b\x66irst_index\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x14\n\x08\x66_values\x18\x03 \x03(\x01\x42\x02\x10\x01\x12\x11\n\x05seeds\x18\x04 \x03(\x04\x42\x02\x10\x01\x12\x17\n\x0fweights_digests\x18\x05 \x01(\x0c\x12\x0f\n\x07weights\x18\x06 \x01(\x0c\"t\n\x07Opening\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\x14\n\x08\x66_values\x18\x03 \x03(\x01\x42\x02\x10\x01\x12\x16\n\x0eweights_digest\x18\x04 \x01(\x0c\x12\r\n\x05proof\x18\x05 \x03(\x0c\x12\x0f\n\x07weights\x18\x06 \x01(\x0c\"U\n\rModelsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nsample_key\x18\x02 \x01(\x0c\x12\r\n\x05\x66irst\x18\x03 \x01(\x04\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\"/\n\rSuppliedModel\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0f\n\x07weights\x18\x02 \x01(\x0c\"M\n\rFinishRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07verdict\x18\x02 \x01(\t\x12\x17\n\x0ftranscript_hash\x18\x03 \x01(\x0c\"&\n\x0b\x46inishReply\x12\x17\n\x0ftranscript_hash\x18\x01 \x01(\x0c\x32\xfc\x03\n\x06Prover\x12\x41\n\x05Hello\x12\x1c.attribution.v1.HelloRequest\x1a\x1a.attribution.v1.HelloReply\x12\x43\n\x05\x43laim\x12\x1c.attribution.v1.ClaimRequest\x1a\x1a.attribution.v1.ClaimChunk0\x01\x12I\n\x06\x43ommit\x12 .attribution.v1.ChallengeRequest\x1a\x1b.attribution.v1.CommitChunk0\x01\x12>\n\x04Open\x12\x1b.attribution.v1.OpenRequest\x1a\x17.attribution.v1.Opening0\x01\x12I\n\x07OpenAll\x12\x1e.attribution.v1.OpenAllRequest\x1a\x1c.attribution.v1.OpeningBatch0\x01\x12N\n\x0cSupplyModels\x12\x1d.attribution.v1.ModelsRequest\x1a\x1d.attribution.v1.SuppliedModel0\x01\x12\x44\n\x06\x46inish\x12\x1d.attribution.v1.FinishRequest\x1a\x1b.attribution.v1.FinishReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,32 +49,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLOREQUEST']._serialized_end=257
   _globals['_HELLOREPLY']._serialized_start=259
   _globals['_HELLOREPLY']._serialized_end=382
-  _globals['_CHALLENGEREQUEST']._serialized_start=384
-  _globals['_CHALLENGEREQUEST']._serialized_end=476
-  _globals['_ATTRIBUTIONPART']._serialized_start=478
-  _globals['_ATTRIBUTIONPART']._serialized_end=572
-  _globals['_FVALUESPART']._serialized_start=574
-  _globals['_FVALUESPART']._serialized_end=643
-  _globals['_COMMITMENTROOT']._serialized_start=645
-  _globals['_COMMITMENTROOT']._serialized_end=730
-  _globals['_COMMITCHUNK']._serialized_start=733
-  _globals['_COMMITCHUNK']._serialized_end=907
-  _globals['_OPENREQUEST']._serialized_start=909
-  _globals['_OPENREQUEST']._serialized_end=985
-  _globals['_OPENALLREQUEST']._serialized_start=987
-  _globals['_OPENALLREQUEST']._serialized_end=1023
-  _globals['_OPENINGBATCH']._serialized_start=1026
-  _globals['_OPENINGBATCH']._serialized_end=1159
-  _globals['_OPENING']._serialized_start=1161
-  _globals['_OPENING']._serialized_end=1277
-  _globals['_MODELSREQUEST']._serialized_start=1279
-  _globals['_MODELSREQUEST']._serialized_end=1364
-  _globals['_SUPPLIEDMODEL']._serialized_start=1366
-  _globals['_SUPPLIEDMODEL']._serialized_end=1413
-  _globals['_FINISHREQUEST']._serialized_start=1415
-  _globals['_FINISHREQUEST']._serialized_end=1492
-  _globals['_FINISHREPLY']._serialized_start=1494
-  _globals['_FINISHREPLY']._serialized_end=1532
-  _globals['_PROVER']._serialized_start=1535
-  _globals['_PROVER']._serialized_end=1974
+  _globals['_CLAIMREQUEST']._serialized_start=384
+  _globals['_CLAIMREQUEST']._serialized_end=418
+  _globals['_CLAIMSUMMARY']._serialized_start=420
+  _globals['_CLAIMSUMMARY']._serialized_end=493
+  _globals['_CLAIMCHUNK']._serialized_start=495
+  _globals['_CLAIMCHUNK']._serialized_end=620
+  _globals['_CHALLENGEREQUEST']._serialized_start=622
+  _globals['_CHALLENGEREQUEST']._serialized_end=735
+  _globals['_ATTRIBUTIONPART']._serialized_start=737
+  _globals['_ATTRIBUTIONPART']._serialized_end=831
+  _globals['_FVALUESPART']._serialized_start=833
+  _globals['_FVALUESPART']._serialized_end=902
+  _globals['_COMMITMENTROOT']._serialized_start=904
+  _globals['_COMMITMENTROOT']._serialized_end=989
+  _globals['_COMMITCHUNK']._serialized_start=991
+  _globals['_COMMITCHUNK']._serialized_end=1115
+  _globals['_OPENREQUEST']._serialized_start=1117
+  _globals['_OPENREQUEST']._serialized_end=1193
+  _globals['_OPENALLREQUEST']._serialized_start=1195
+  _globals['_OPENALLREQUEST']._serialized_end=1246
+  _globals['_OPENINGBATCH']._serialized_start=1249
+  _globals['_OPENINGBATCH']._serialized_end=1382
+  _globals['_OPENING']._serialized_start=1384
+  _globals['_OPENING']._serialized_end=1500
+  _globals['_MODELSREQUEST']._serialized_start=1502
+  _globals['_MODELSREQUEST']._serialized_end=1587
+  _globals['_SUPPLIEDMODEL']._serialized_start=1589
+  _globals['_SUPPLIEDMODEL']._serialized_end=1636
+  _globals['_FINISHREQUEST']._serialized_start=1638
+  _globals['_FINISHREQUEST']._serialized_end=1715
+  _globals['_FINISHREPLY']._serialized_start=1717
+  _globals['_FINISHREPLY']._serialized_end=1755
+  _globals['_PROVER']._serialized_start=1758
+  _globals['_PROVER']._serialized_end=2266
 # @@protoc_insertion_point(module_scope)

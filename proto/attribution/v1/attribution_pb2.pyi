@@ -40,17 +40,43 @@ class HelloReply(_message.Message):
     prover_info: str
     def __init__(self, protocol_version: _Optional[str] = ..., task: _Optional[_Union[TaskIdentity, _Mapping]] = ..., session_id: _Optional[str] = ..., prover_info: _Optional[str] = ...) -> None: ...
 
+class ClaimRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class ClaimSummary(_message.Message):
+    __slots__ = ("digest", "datamodel_samples", "method")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DATAMODEL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    digest: bytes
+    datamodel_samples: int
+    method: str
+    def __init__(self, digest: _Optional[bytes] = ..., datamodel_samples: _Optional[int] = ..., method: _Optional[str] = ...) -> None: ...
+
+class ClaimChunk(_message.Message):
+    __slots__ = ("attribution", "summary")
+    ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    attribution: AttributionPart
+    summary: ClaimSummary
+    def __init__(self, attribution: _Optional[_Union[AttributionPart, _Mapping]] = ..., summary: _Optional[_Union[ClaimSummary, _Mapping]] = ...) -> None: ...
+
 class ChallengeRequest(_message.Message):
-    __slots__ = ("session_id", "public_seed", "num_tuples", "rho")
+    __slots__ = ("session_id", "public_seed", "num_tuples", "rho", "first_tuple")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_SEED_FIELD_NUMBER: _ClassVar[int]
     NUM_TUPLES_FIELD_NUMBER: _ClassVar[int]
     RHO_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TUPLE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     public_seed: bytes
     num_tuples: int
     rho: float
-    def __init__(self, session_id: _Optional[str] = ..., public_seed: _Optional[bytes] = ..., num_tuples: _Optional[int] = ..., rho: _Optional[float] = ...) -> None: ...
+    first_tuple: int
+    def __init__(self, session_id: _Optional[str] = ..., public_seed: _Optional[bytes] = ..., num_tuples: _Optional[int] = ..., rho: _Optional[float] = ..., first_tuple: _Optional[int] = ...) -> None: ...
 
 class AttributionPart(_message.Message):
     __slots__ = ("target", "intercept", "offset", "coefficients")
@@ -85,14 +111,12 @@ class CommitmentRoot(_message.Message):
     def __init__(self, merkle_root: _Optional[bytes] = ..., num_leaves: _Optional[int] = ..., prover_retrainings: _Optional[int] = ...) -> None: ...
 
 class CommitChunk(_message.Message):
-    __slots__ = ("attribution", "f_values", "root")
-    ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("f_values", "root")
     F_VALUES_FIELD_NUMBER: _ClassVar[int]
     ROOT_FIELD_NUMBER: _ClassVar[int]
-    attribution: AttributionPart
     f_values: FValuesPart
     root: CommitmentRoot
-    def __init__(self, attribution: _Optional[_Union[AttributionPart, _Mapping]] = ..., f_values: _Optional[_Union[FValuesPart, _Mapping]] = ..., root: _Optional[_Union[CommitmentRoot, _Mapping]] = ...) -> None: ...
+    def __init__(self, f_values: _Optional[_Union[FValuesPart, _Mapping]] = ..., root: _Optional[_Union[CommitmentRoot, _Mapping]] = ...) -> None: ...
 
 class OpenRequest(_message.Message):
     __slots__ = ("session_id", "indices", "with_weights")
@@ -105,10 +129,12 @@ class OpenRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ..., with_weights: _Optional[bool] = ...) -> None: ...
 
 class OpenAllRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "round")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    round: int
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
 
 class OpeningBatch(_message.Message):
     __slots__ = ("first_index", "count", "f_values", "seeds", "weights_digests", "weights")

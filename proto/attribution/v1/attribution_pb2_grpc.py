@@ -39,6 +39,11 @@ class ProverStub:
                 request_serializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.HelloRequest.SerializeToString,
                 response_deserializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.HelloReply.FromString,
                 _registered_method=True)
+        self.Claim = channel.unary_stream(
+                '/attribution.v1.Prover/Claim',
+                request_serializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.ClaimRequest.SerializeToString,
+                response_deserializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.ClaimChunk.FromString,
+                _registered_method=True)
         self.Commit = channel.unary_stream(
                 '/attribution.v1.Prover/Commit',
                 request_serializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.ChallengeRequest.SerializeToString,
@@ -70,6 +75,12 @@ class ProverServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Hello(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Claim(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +123,11 @@ def add_ProverServicer_to_server(servicer, server):
                     servicer.Hello,
                     request_deserializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.HelloRequest.FromString,
                     response_serializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.HelloReply.SerializeToString,
+            ),
+            'Claim': grpc.unary_stream_rpc_method_handler(
+                    servicer.Claim,
+                    request_deserializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.ClaimRequest.FromString,
+                    response_serializer=proto_dot_attribution_dot_v1_dot_attribution__pb2.ClaimChunk.SerializeToString,
             ),
             'Commit': grpc.unary_stream_rpc_method_handler(
                     servicer.Commit,
@@ -166,6 +182,33 @@ class Prover:
             '/attribution.v1.Prover/Hello',
             proto_dot_attribution_dot_v1_dot_attribution__pb2.HelloRequest.SerializeToString,
             proto_dot_attribution_dot_v1_dot_attribution__pb2.HelloReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Claim(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/attribution.v1.Prover/Claim',
+            proto_dot_attribution_dot_v1_dot_attribution__pb2.ClaimRequest.SerializeToString,
+            proto_dot_attribution_dot_v1_dot_attribution__pb2.ClaimChunk.FromString,
             options,
             channel_credentials,
             insecure,

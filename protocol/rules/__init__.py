@@ -1,0 +1,1 @@
+"""Decision rules: the practical rule (the default) and the paper's rule, and what they share."""
