@@ -2,7 +2,7 @@
 # One entry point for people and CI.
 #   ./run.sh demo [TASK]   set up, precompute the prover's datamodel, serve it, verify it, print
 #                          the verdict (default task: digits-logreg; try `synthetic` for seconds)
-#   ./run.sh cheat [CHEAT] [TASK]  same against a cheating prover (default scale:0.5, synthetic)
+#   ./run.sh cheat [CHEAT] [TASK]  same against a cheating prover (default scale:0.5, digits-logreg)
 #   ./run.sh test          set up, check generated code and lint, run the test suite
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -32,11 +32,11 @@ setup() {
   fi
 }
 
-default_verify_args() {  # ε in the squared units of f, per task
+default_verify_args() {  # the ε the demo asks for, per task
   case "$1" in
-    digits-logreg*) echo "--epsilon 0.005" ;;  # Var f ≈ 0.02–0.09 per target
-    synthetic*) echo "--epsilon 0.2" ;;        # Var f = 1
-    *) echo "" ;;
+    digits-logreg*) echo "--epsilon-rel 0.1" ;;  # ε = 0.1 · Var f per target
+    synthetic*) echo "--epsilon 0.5" ;;          # Var f = 1
+    *) echo "--epsilon-rel 0.1" ;;
   esac
 }
 
@@ -65,7 +65,7 @@ run_pair() {  # run_pair TASK [prover args...]
   local rc=$?
   set -e
   echo "== prover log (session) =="; tail -n 6 "$log"
-  echo "verifier exit code: $rc (0 accept, 1 reject, 2 error)"
+  echo "verifier exit code: $rc (0 accept, 1 reject, 2 error, 3 inconclusive)"
   return $rc
 }
 
@@ -76,7 +76,7 @@ case "${1:-}" in
     ;;
   cheat)
     setup
-    run_pair "${3:-synthetic}" --cheat "${2:-scale:0.5}" || true
+    run_pair "${3:-digits-logreg}" --cheat "${2:-scale:0.5}" || true
     ;;
   test)
     setup
