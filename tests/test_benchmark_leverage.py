@@ -16,7 +16,8 @@ from protocol.economics import self_fit_retrainings
 _SPEC = importlib.util.spec_from_file_location(
     "leverage", Path(__file__).resolve().parent.parent / "benchmarks" / "leverage.py"
 )
-assert _SPEC is not None and _SPEC.loader is not None
+assert _SPEC is not None
+assert _SPEC.loader is not None
 leverage = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(leverage)
 
