@@ -60,6 +60,16 @@ def test_framing():
     assert _digest([("v", "k", b"")]) != _digest([("v", "", b"k")])
 
 
-def test_same_messages_same_digest():
+def test_two_messages_match_the_documented_chain_by_hand():
+    # both parties build their transcripts independently: the digest must be a pure function of
+    # the messages, equal to the chain the module documents (computed here without Transcript)
     msgs = [("v2p", "A", b"x" * 100), ("p2v", "B", b"")]
-    assert _digest(msgs) == _digest(msgs)
+
+    def frame(b: bytes) -> bytes:
+        return len(b).to_bytes(8, "little") + b
+
+    h = hashlib.sha256(b"attribution.v1/transcript").digest()
+    for direction, kind, payload in msgs:
+        h = hashlib.sha256(h + frame(direction.encode()) + frame(kind.encode()) + frame(payload))
+        h = h.digest()
+    assert _digest(msgs) == h
