@@ -40,14 +40,20 @@ default_verify_args() {  # the ε the demo asks for, per task
   esac
 }
 
-run_pair() {  # run_pair TASK [prover args...]
-  local task=$1; shift
+run_pair() {  # run_pair TASK [CHEAT]: an honest `prover serve`, or `simulations serve CHEAT`
+  local task=$1 cheat=${2:-}
   local workdir; workdir=$(mktemp -d)
   local log="$workdir/prover.log"
   echo "== prover precompute: retrain the datamodel's samples (resumable store) =="
   prover precompute --task "$task" --store "$workdir/store.sqlite3"
-  echo "== prover serve =="
-  prover serve --task "$task" --port 0 --store "$workdir/store.sqlite3" "$@" >"$workdir/port" 2>"$log" &
+  if [ -n "$cheat" ]; then
+    echo "== simulations serve $cheat (ADVERSARIAL: the same datamodel store, cheating on purpose) =="
+    simulations serve "$cheat" --task "$task" --port 0 --store "$workdir/store.sqlite3" \
+      --no-progress >"$workdir/port" 2>"$log" &
+  else
+    echo "== prover serve =="
+    prover serve --task "$task" --port 0 --store "$workdir/store.sqlite3" >"$workdir/port" 2>"$log" &
+  fi
   PROVER_PID=$!
   trap 'kill $PROVER_PID 2>/dev/null || true; wait $PROVER_PID 2>/dev/null || true' EXIT
   local pid=$PROVER_PID
@@ -76,7 +82,7 @@ case "${1:-}" in
     ;;
   cheat)
     setup
-    run_pair "${3:-digits-logreg}" --cheat "${2:-scale:0.5}" || true
+    run_pair "${3:-digits-logreg}" "${2:-scale:0.5}" || true
     ;;
   test)
     setup

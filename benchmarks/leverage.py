@@ -61,10 +61,10 @@ def _start_prover(args: argparse.Namespace, workdir: Path, cheat: str | None) ->
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    cmd = [sys.executable, "-m", "prover.cli", "serve", *base, "--port", "0", "--no-progress"]
+    # the cheat is `simulations serve` on the same store (the one door for cheating servers)
+    serve = ["prover.cli", "serve"] if not cheat else ["simulations.cli", "serve", cheat]
+    cmd = [sys.executable, "-m", *serve, *base, "--port", "0", "--no-progress"]
     cmd += ["--session-ttl", str(args.timeout)]
-    if cheat:
-        cmd += ["--cheat", cheat]
     log = open(workdir / "prover.log", "w")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
     assert proc.stdout is not None

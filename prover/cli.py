@@ -80,12 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="fault injection for tests: sleep this long before answering each challenge",
     )
-    serve.add_argument(
-        "--cheat",
-        default=None,
-        metavar="NAME:STRENGTH",
-        help="ADVERSARIAL: run a cheating strategy, e.g. scale:0.5 or fabricate:0.3",
-    )
     pre = sub.add_parser("precompute", help="retrain and fit the datamodel ahead of any session")
     _add_common(pre)
     return parser
@@ -141,11 +135,6 @@ def _serve(args: argparse.Namespace) -> int:
     from prover.strategy import ChallengeRetrainer, HonestStrategy
 
     credentials = _transport_credentials(args)
-    cheat = None
-    if args.cheat:
-        from simulations.cheats import make_cheat, parse_cheat
-
-        cheat = parse_cheat(args.cheat)
     task = load_task(args.task)
     log.info(
         "task %s: N=%d, Z=%d, hash %s",
@@ -157,18 +146,12 @@ def _serve(args: argparse.Namespace) -> int:
     attribution = _attribution(args, task)
 
     def factory() -> HonestStrategy:
-        retrainer = ChallengeRetrainer(task, stall_s=args.stall_before_commit)
-        if cheat is not None:
-            strategy = make_cheat(cheat[0], cheat[1], task, attribution, retrainer)
-        else:
-            strategy = HonestStrategy(task, attribution, retrainer)
-        return strategy
+        # cheating servers live in `simulations serve`: production code never imports them
+        return HonestStrategy(
+            task, attribution, ChallengeRetrainer(task, stall_s=args.stall_before_commit)
+        )
 
     info = factory().describe()
-    if cheat is not None:
-        banner = f"*** ADVERSARIAL PROVER: {args.cheat} — this server cheats on purpose ***"
-        log.warning(banner)
-        info = f"ADVERSARIAL {args.cheat}: {info}"
     registry = SessionRegistry(args.max_sessions, ttl_s=args.session_ttl)
     servicer = ProverServicer(task, factory, registry, info)
     security = "plain text"

@@ -1,9 +1,9 @@
-"""Cheating prover strategies for ``prover serve --cheat NAME:STRENGTH`` (kept for that command).
+"""Cheating prover strategies by ``NAME:STRENGTH`` (``simulations serve scale:0.5``).
 
 The full catalogue lives in :mod:`simulations.adversaries`; this module keeps the original public
 names (``ScaleCheat``, ``FabricateCheat``, ``CHEATS``, ``parse_cheat``, ``make_cheat``) and exposes
-every adversary through them, so ``prover serve --cheat boost:0.1`` works as well as
-``--cheat scale:0.5`` and ``--cheat fabricate:0.3``.
+every adversary through them. ``prover serve`` has no cheat door: production code never imports
+this package.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run a cheating gRPC prover (ADVERSARIAL)")
-    serve.add_argument("adversary", choices=names)
-    serve.add_argument("--strength", type=float, required=True)
+    serve.add_argument(
+        "adversary",
+        metavar="ADVERSARY[:STRENGTH]",
+        help=f"one of {', '.join(names)}; the strength may follow a colon (scale:0.5)",
+    )
+    serve.add_argument("--strength", type=float, default=None)
     serve.add_argument("--task", default="synthetic")
+    serve.add_argument(
+        "--store",
+        default=None,
+        help="the honest datamodel from this resumable store, exactly as `prover serve` builds "
+        "it (`prover precompute` fills it); without it, the exact truth on synthetic tasks, else "
+        "--honest-samples fresh retrainings",
+    )
+    serve.add_argument("--samples", type=int, default=None, help="with --store: its samples")
+    serve.add_argument("--session-ttl", type=float, default=600.0, metavar="SECONDS")
+    serve.add_argument("--no-progress", action="store_true")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50061, help="0 picks a free port")
     serve.add_argument("--workers", type=int, default=8)
@@ -162,30 +177,70 @@ def _serve(args: argparse.Namespace) -> int:
 
     # Same policy as prover serve: plain text only on loopback (no TLS flags here).
     check_plaintext_policy(args.host, tls=False, insecure_plaintext=False)
+    name, strength = _adversary_spec(args.adversary, args.strength)
+    if not args.session_ttl > 0:
+        raise ValueError(f"--session-ttl must be positive, got {args.session_ttl}")
     task = load_task(args.task)
     m_star = SWEEP_LIES if args.lie_allowance is None else args.lie_allowance
     context = AttackContext(epsilon=args.epsilon, lie_allowance=m_star, seed=args.seed)
-    attribution = honest_attribution(task, args.honest_samples, args.seed)
+    if args.store is not None:
+        from prover.attribution import default_num_samples, fit_attribution
+        from prover.cli import DEFAULT_SAMPLE_SEED
+
+        samples = args.samples if args.samples is not None else default_num_samples(task)
+        attribution = fit_attribution(
+            task, args.store, samples, bytes.fromhex(DEFAULT_SAMPLE_SEED),
+            progress=not args.no_progress,
+        )  # fmt: skip
+    else:
+        attribution = honest_attribution(task, args.honest_samples, args.seed)
 
     def factory() -> Any:
-        return make_adversary(args.adversary, args.strength, task, attribution, context=context)
+        return make_adversary(name, strength, task, attribution, context=context)
 
     strategy = factory()
     info = strategy.describe()
-    if args.adversary != "honest":
+    if name != "honest":
         log.warning(
             "*** ADVERSARIAL PROVER: %s strength %g — this server cheats on purpose ***",
-            args.adversary,
-            args.strength,
+            name,
+            strength,
         )
         if not info.startswith("ADVERSARIAL"):
             info = f"ADVERSARIAL {info}"
     err = getattr(strategy, "true_err", lambda: None)()
     if err is not None:
         log.info("true err of the claimed attribution: %.6g", err)
-    servicer = ProverServicer(task, factory, SessionRegistry(args.max_sessions), info)
+    registry = SessionRegistry(args.max_sessions, ttl_s=args.session_ttl)
+    servicer = ProverServicer(task, factory, registry, info)
     run_prover(servicer, args.host, args.port, args.workers)
     return 0
+
+
+def _adversary_spec(text: str, strength: float | None) -> tuple[str, float]:
+    """(canonical name, strength) from ``NAME`` plus ``--strength``, or ``NAME:STRENGTH``.
+
+    Raises ``ValueError`` (exit 2) naming the valid adversaries, for a missing, doubled or
+    non-finite strength.
+    """
+    from simulations.adversaries import resolve
+
+    name, sep, value = text.partition(":")
+    canonical = resolve(name)
+    if sep:
+        if strength is not None:
+            raise ValueError(f"give the strength once: {text!r} and --strength {strength:g}")
+        try:
+            strength = float(value)
+        except ValueError:
+            raise ValueError(f"adversary strength must be a number, got {value!r}") from None
+    if strength is None:
+        if canonical != "honest":
+            raise ValueError(f"adversary {name!r} needs a strength: {name}:S or --strength S")
+        strength = 1.0
+    if not math.isfinite(strength):
+        raise ValueError(f"adversary strength must be finite, got {strength!r}")
+    return canonical, float(strength)
 
 
 # ---------------------------------------------------------------------------------------------

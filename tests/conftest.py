@@ -45,11 +45,16 @@ class ProverProcess:
         return self.proc.wait(timeout=90)
 
 
-def start_prover(tmp_path: Path, *args: str, timeout_s: float = 120.0) -> ProverProcess:
-    """Start ``prover serve --port 0`` with ``args`` and wait for its LISTENING line."""
+def start_prover(
+    tmp_path: Path, *args: str, timeout_s: float = 120.0, cheat: str | None = None
+) -> ProverProcess:
+    """Start ``prover serve --port 0`` with ``args`` and wait for its LISTENING line; with
+    ``cheat`` (``NAME:STRENGTH``), ``simulations serve`` instead: the one door for cheating
+    servers, on the same store."""
     log_path = tmp_path / f"prover-{time.monotonic_ns()}.log"
+    serve = ["prover.cli", "serve"] if cheat is None else ["simulations.cli", "serve", cheat]
     cmd = [
-        sys.executable, "-m", "prover.cli", "serve", "--port", "0", "--no-progress",
+        sys.executable, "-m", *serve, "--port", "0", "--no-progress",
         "--store", str(tmp_path / "store.sqlite3"), *args,
     ]  # fmt: skip
     log_file = log_path.open("w")
@@ -84,8 +89,8 @@ def prover_factory(tmp_path: Path) -> Iterator:
     """Start provers on demand; every one is stopped at teardown."""
     started: list[ProverProcess] = []
 
-    def factory(*args: str) -> ProverProcess:
-        p = start_prover(tmp_path, *args)
+    def factory(*args: str, cheat: str | None = None) -> ProverProcess:
+        p = start_prover(tmp_path, *args, cheat=cheat)
         started.append(p)
         return p
 

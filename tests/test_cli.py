@@ -7,6 +7,7 @@ import json
 import pytest
 
 from prover.cli import main as prover_main
+from tests.conftest import REPO
 from verifier.cli import main as verifier_main
 
 
@@ -73,9 +74,47 @@ def test_bad_verifier_input_is_exit_2_with_reason(
     assert needle in out["reason"]
 
 
-def test_bad_cheat_is_a_clear_prover_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert prover_main(["serve", "--task", "synthetic", "--cheat", "bribe:1"]) == 2
-    assert "unknown cheat 'bribe'" in capsys.readouterr().err
+def test_prover_serve_has_no_cheat_door(capsys: pytest.CaptureFixture[str]) -> None:
+    # cheating servers are `simulations serve` only: production code never imports simulations
+    with pytest.raises(SystemExit) as exc:
+        prover_main(["serve", "--task", "synthetic", "--cheat", "scale:0.5"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --cheat" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("spec", "extra", "needle"),
+    [
+        ("bribe:1", [], "unknown adversary 'bribe'"),
+        ("scale", [], "needs a strength"),
+        ("scale:x", [], "must be a number"),
+        ("scale:0.5", ["--strength", "0.5"], "give the strength once"),
+        ("scale:inf", [], "must be finite"),
+    ],
+)
+def test_bad_cheat_is_a_clear_simulations_error(
+    spec: str, extra: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simulations.cli import main as sim_main
+
+    assert sim_main(["serve", spec, *extra, "--task", "synthetic", "--port", "0"]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_no_production_module_imports_simulations() -> None:
+    import ast
+
+    for folder in ("protocol", "prover", "verifier", "proto"):
+        for path in (REPO / folder).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                bad = [n for n in names if n == "simulations" or n.startswith("simulations.")]
+                assert not bad, f"{path.relative_to(REPO)} imports {bad}"
 
 
 def test_negative_epsilon_is_rejected_by_the_parser() -> None:

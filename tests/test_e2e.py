@@ -48,7 +48,7 @@ def test_honest_prover_is_accepted_with_its_guarantee(prover_factory) -> None:
 
 
 def test_scaled_prover_is_rejected(prover_factory) -> None:
-    prover = prover_factory("--task", TASK, "--cheat", "scale:0.0")
+    prover = prover_factory("--task", TASK, cheat="scale:0.0")
     assert "ADVERSARIAL" in prover.log()
     rc, out = run_verifier(prover.address, "--task", TASK, *PRACTICAL)
     assert out["verdict"] == "reject", out
@@ -70,7 +70,7 @@ def test_papers_rule_at_manual_sizes_is_inconclusive_not_accept(prover_factory) 
 
 
 def test_fabricating_prover_is_rejected(prover_factory) -> None:
-    prover = prover_factory("--task", TASK, "--cheat", "fabricate:0.3")
+    prover = prover_factory("--task", TASK, cheat="fabricate:0.3")
     rc, out = run_verifier(prover.address, "--task", TASK, *SIZES)
     assert out["verdict"] == "reject", out
     assert rc == 1
@@ -144,7 +144,7 @@ def test_real_task_honest_accepted_and_scaled_rejected(prover_factory) -> None:
     assert (rc, out["verdict"]) == (0, "accept"), out["reason"]
     assert out["checks"] == "certified"
     assert out["guarantee_met"] is True
-    cheat = prover_factory("--task", REAL_TASK, "--cheat", "scale:0.5")
+    cheat = prover_factory("--task", REAL_TASK, cheat="scale:0.5")
     rc, out = run_verifier(cheat.address, "--task", REAL_TASK, "--epsilon-rel", "0.1")
     assert (rc, out["verdict"]) == (1, "reject"), out["reason"]
     assert out["spot_check"]["certified_models"] == 4 * out["tuples"]
