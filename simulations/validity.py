@@ -27,7 +27,6 @@ from protocol.rules.practical import (
     DEFAULT_MSE_CAP,
     DEFAULT_TUPLE_CAP,
     PracticalPlan,
-    make_plan,
 )
 from protocol.tasks import load_task
 from simulations.montecarlo import (
@@ -78,21 +77,22 @@ class GridCell:
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
     def plan(self) -> PracticalPlan:
-        """The practical plan of this cell, exactly as ``verifier verify`` would make it."""
+        """The practical plan of this cell, made by the verifier's own planner
+        (:func:`verifier.planning.make_verifier_plan`, as ``verifier verify`` makes it), with
+        retraining spot checks."""
+        from verifier.planning import PlanOptions, make_verifier_plan
+
         task = require_exact_synthetic(load_task(self.task))
-        return make_plan(
-            delta=self.delta,
-            output_bound=task.output_bound,
-            tolerance=task.tolerance,
-            num_targets=task.num_targets,
-            num_train_points=task.num_train_points,
-            p=task.p,
-            checks=CheckMode.RETRAIN,
-            task_hash=task.identity().task_hash,
+        options = PlanOptions(
             epsilon_rel=self.epsilon,
-            mse_cap=self.mse_cap,
-            tuple_cap=self.tuple_cap,
+            delta=self.delta,
+            checks=CheckMode.RETRAIN.value,
+            max_mse_samples=self.mse_cap,
+            max_tuples=self.tuple_cap,
         )
+        plan, _checks = make_verifier_plan(options, task)
+        assert isinstance(plan, PracticalPlan)
+        return plan
 
 
 #: ``simulations validity --quick``: ε = 0.5·Var f on N = 100, Z = 1, with small caps, so the
