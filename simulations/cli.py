@@ -47,9 +47,6 @@ QUICK_GRID: dict[str, tuple[float, ...]] = {
 QUICK_SIZES = {"pairs": 10_000, "spot_checks": 64, "mse_samples": 4_000, "trials": 2}
 #: Lies the targeted adversary spends in a sweep (it cannot see the verifier's m*).
 SWEEP_LIES = 64
-#: Real-task cells (``--real``): scaling and boosting on digits-logreg, certified checks.
-REAL_GRID: dict[str, tuple[float, ...]] = {"honest": (1.0,), "scale": (0.5, 0.0), "boost": (0.05,)}
-REAL_SIZES = {"pairs": 1_000, "mse_samples": 1_000, "trials": 3}
 REAL_EPSILON = 0.01
 
 

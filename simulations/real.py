@@ -33,6 +33,11 @@ HELDOUT_SAMPLES = 4_000
 _HELDOUT: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray, Any]] = {}
 
 
+#: Real-task cells (``--real``): scaling and boosting on digits-logreg, certified checks.
+REAL_GRID: dict[str, tuple[float, ...]] = {"honest": (1.0,), "scale": (0.5, 0.0), "boost": (0.05,)}
+REAL_SIZES = {"pairs": 1_000, "mse_samples": 1_000, "trials": 3}
+
+
 def _heldout(task: Task, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, Any]:
     from prover.datamodel import fit_datamodel
 
@@ -80,8 +85,6 @@ def run_real(
     sizes: dict[str, int] | None = None,
 ) -> SweepResult:
     """Run the real-task cells (resumable in ``out_dir``) and attach held-out err estimates."""
-    from simulations.cli import REAL_GRID, REAL_SIZES
-
     grid = grid or REAL_GRID
     sizes = {**REAL_SIZES, **(sizes or {})}
     config = SweepConfig(

@@ -22,7 +22,7 @@ def make(selector: str):
 @pytest.fixture
 def real_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Route registry.load_task to the real tasks only (independent of other task modules)."""
-    monkeypatch.setattr(registry, "_builtin_factories", lambda: dict(REAL_TASK_FACTORIES))
+    monkeypatch.setattr(registry, "builtin_factories", lambda: dict(REAL_TASK_FACTORIES))
 
 
 def test_digits_logreg_defaults() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.tasks.base import Task
+from protocol.tasks.builtin import builtin_factories
 
 #: File suffixes that make a selector a task declaration file.
 TASK_FILE_SUFFIXES = (".toml", ".json")
@@ -94,10 +95,8 @@ def read_task_file(path: str | Path) -> tuple[str, dict[str, str]]:
 
 def load_task_file(path: str | Path) -> Task:
     """Build the task a declaration file names; its selector is the file path as given."""
-    from protocol.tasks.registry import _builtin_factories
-
     name, params = read_task_file(path)
-    factories = _builtin_factories()
+    factories = builtin_factories()
     if name not in factories:
         raise ValueError(
             f"task file {str(path)!r}: unknown task {name!r}; available: "
