@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from protocol.residual import sensitivity
+from protocol.rules.base import RuleName
 
 #: Number of residual estimates per target: ŷ0, ŷρ, ŷ2ρ and B̂.
 ESTIMATES_PER_TARGET = 4
@@ -269,6 +270,11 @@ class Plan:
     assumptions: list[str] = field(default_factory=list)
     verifier_retrainings: int = 0
     prover_retrainings: int = 0
+
+    @property
+    def rule(self) -> RuleName:
+        """The rule these sizes are for (manual or theory: the paper's rule)."""
+        return RuleName(self.mode)
 
     def mse_halfwidth(self, datamodel_range: float) -> float:
         """η_mse with the actual G = |c| + ‖a‖₁ (array in, array out)."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from protocol.accounting import GUARANTEE_RTOL, Plan
 from protocol.residual import ResidualEstimate
+from protocol.rules.base import RuleName
 
 
 def _finite_array(value: Any, name: str, ndim: int) -> np.ndarray:
@@ -161,7 +162,7 @@ def decide(
     eps_cert = np.asarray(plan.certified_epsilon(g), dtype=np.float64).reshape(z)
     cert_ok = eps_cert <= eps * (1.0 + GUARANTEE_RTOL)
     guarantee_met = bool(np.all(cert_ok))
-    per_target = rule_ok & cert_ok if plan.mode == "theory" else rule_ok.copy()
+    per_target = rule_ok & cert_ok if plan.rule is RuleName.THEORY else rule_ok.copy()
 
     reasons: list[str] = []
     failed_rule = np.flatnonzero(~rule_ok)
@@ -173,7 +174,7 @@ def decide(
     if failed_rule.size > 5:
         reasons.append(f"... {failed_rule.size - 5} more targets fail the MSE rule")
     failed_cert = np.flatnonzero(~cert_ok)
-    if plan.mode == "theory" and failed_cert.size:
+    if plan.rule is RuleName.THEORY and failed_cert.size:
         t = int(failed_cert[np.argmax(eps_cert[failed_cert])])
         reasons.append(
             f"target(s) {_fmt_targets(failed_cert)}: the claimed datamodel's range "
@@ -194,7 +195,7 @@ def decide(
             )
     else:
         reason = "reject: " + "; ".join(reasons)
-        if plan.mode != "theory" and not guarantee_met:
+        if plan.rule is not RuleName.THEORY and not guarantee_met:
             reason += f" (note: certified ε {float(np.max(eps_cert)):.6g} exceeds ε = {eps:g})"
     return Decision(
         verdict=verdict,

@@ -161,3 +161,42 @@ def test_boundaries_in_source() -> None:
         if _top(t) in forbidden.get(_top(m), set())
     ]
     assert bad == []
+
+
+def _named_strings() -> set[str]:
+    from protocol.rules.base import CheckMode, RuleName
+
+    return {r.value for r in RuleName} | {c.value for c in CheckMode}
+
+
+def _compared_strings(tree: ast.AST, names: set[str]) -> list[tuple[int, str]]:
+    hits: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare):
+            continue
+        for side in [node.left, *node.comparators]:
+            consts = side.elts if isinstance(side, ast.Tuple | ast.List | ast.Set) else [side]
+            for c in consts:
+                if isinstance(c, ast.Constant) and c.value in names:
+                    hits.append((node.lineno, c.value))
+    return hits
+
+
+def test_string_finder_finds_a_planted_comparison() -> None:
+    tree = ast.parse('if mode == "practical" or x in ("retrain", "y"):\n    pass\n')
+    assert _compared_strings(tree, _named_strings()) == [(1, "practical"), (1, "retrain")]
+
+
+def test_no_mode_or_check_string_is_compared_outside_the_rules() -> None:
+    """Rules and check modes are types: a document's ``"mode"`` is parsed once
+    (``RuleName.of``/``CheckMode.of``) and compared as an enum everywhere else."""
+    allowed = {REPO / "protocol" / "__init__.py"}
+    names = _named_strings()
+    bad = []
+    for package in ("protocol", "prover", "verifier", "simulations", "benchmarks"):
+        for path in (REPO / package).rglob("*.py"):
+            if path in allowed or (REPO / "protocol" / "rules") in path.parents:
+                continue
+            for line, text in _compared_strings(ast.parse(path.read_text()), names):
+                bad.append(f"{path.relative_to(REPO)}:{line} compares {text!r}")
+    assert bad == []

@@ -26,9 +26,6 @@ from protocol.accounting import GUARANTEE_RTOL
 from protocol.rules.base import CheckMode, RuleName, Verdict
 from verifier.certificate import CERTIFICATE_FORMAT, encode_certificate, signed_bytes
 
-CHECK_MODES = tuple(c.value for c in CheckMode)
-CERTIFIED_MODES = tuple(c.value for c in CheckMode if c.certified)
-
 #: Relative tolerance for numbers the certificate derives from others (they are recomputed
 #: with the same float64 operations, so in practice they agree exactly).
 REL_TOL = 1e-9
@@ -185,10 +182,11 @@ def _check_structure(cert: dict[str, Any]) -> dict[str, Any]:
         raise _Fail("task.task_hash does not follow from task.spec_hash and task.data_hash")
     params = _get(cert, "parameters", dict, "")
     mode = _get(params, "mode", str, "parameters.")
-    if mode not in tuple(r.value for r in RuleName):
+    rule = RuleName.of(mode)
+    if rule is None:
         raise _Fail(f"parameters.mode must be manual, theory or practical, got {mode!r}")
-    if _get(params, "checks", str, "parameters.") not in CHECK_MODES:
-        raise _Fail(f"parameters.checks must be one of {', '.join(CHECK_MODES)}")
+    if CheckMode.of(_get(params, "checks", str, "parameters.")) is None:
+        raise _Fail(f"parameters.checks must be one of {', '.join(c.value for c in CheckMode)}")
     delta = _get(params, "delta", float, "parameters.")
     if not 0 < delta < 1:
         raise _Fail(f"parameters.delta must be in (0, 1), got {delta}")
@@ -221,12 +219,13 @@ def _check_structure(cert: dict[str, Any]) -> dict[str, Any]:
     _get(ret, "prover", int, "retrainings.")
     _get(cert, "decision", dict, "", nullable=not accepting)
     _get(cert, "spot_check", dict, "", nullable=True)  # an accept on the MSE alone has none
-    return {"mode": mode, "z": z, "verdict": verdict, "epsilon": eps, "sizes": sizes}
+    return {"rule": rule, "z": z, "verdict": verdict, "epsilon": eps, "sizes": sizes}
 
 
 def _check_spot(cert: dict[str, Any]) -> None:
     spot = cert.get("spot_check")
-    if spot is None or spot.get("mode") in CERTIFIED_MODES:
+    checks = CheckMode.of(spot.get("mode")) if spot is not None else None
+    if spot is None or (checks is not None and checks.certified):
         return
     tau = _get(spot, "tolerance", float, "spot_check.")
     worst = _get(spot, "max_abs_diff", float, "spot_check.")
@@ -242,7 +241,7 @@ def _check_spot(cert: dict[str, Any]) -> None:
 
 def _check_manual(cert: dict[str, Any], info: dict[str, Any]) -> None:
     dec = cert["decision"]
-    z, mode, w = info["z"], info["mode"], "decision."
+    z, rule_name, w = info["z"], info["rule"], "decision."
     eps = _get(dec, "epsilon", float, w)
     if not isinstance(info["epsilon"], int | float) or not _close(eps, info["epsilon"]):
         raise _Fail("decision.epsilon differs from parameters.epsilon")
@@ -279,7 +278,8 @@ def _check_manual(cert: dict[str, Any], info: dict[str, Any]) -> None:
             raise _Fail(f"target {t}: threshold {thr[t]} ≠ B̂≥2 + ε/2 = {res[t] + eps / 2.0}")  # type: ignore[operator]
     rule = [mse[t] <= res[t] + eps / 2.0 for t in range(z)]  # type: ignore[operator]
     cert_ok = [c <= eps * (1.0 + GUARANTEE_RTOL) for c in cert_eps]  # type: ignore[operator]
-    expect = [r and c for r, c in zip(rule, cert_ok, strict=True)] if mode == "theory" else rule
+    both = [r and c for r, c in zip(rule, cert_ok, strict=True)]
+    expect = both if rule_name is RuleName.THEORY else rule
     if per != expect:
         t = next(i for i in range(z) if per[i] != expect[i])
         raise _Fail(
@@ -373,7 +373,7 @@ def audit_bytes(raw: bytes, cert: dict[str, Any], trusted_key: str | None = None
         if cert["decision"] is None:
             if cert["verdict"] != "reject":
                 raise _Fail("only a rejection (a failed check) may come without its decision")
-        elif info["mode"] == "practical":
+        elif info["rule"] is RuleName.PRACTICAL:
             _check_practical(cert, info)
         else:
             _check_manual(cert, info)
@@ -406,7 +406,7 @@ def summary_lines(cert: dict[str, Any]) -> list[str]:
         f"signed by:   Ed25519 {cert['verifier_key']['public_key']}",
     ]
     dec = cert.get("decision")
-    if dec is not None and cert["parameters"]["mode"] == RuleName.PRACTICAL.value:
+    if dec is not None and RuleName.of(cert["parameters"]["mode"]) is RuleName.PRACTICAL:
         for t, (up, e) in enumerate(zip(dec["err_upper"], dec["epsilon"], strict=True)):
             lines.append(
                 f"  target {t}: err_upper = {up:.6g} {'≤' if up <= e else '>'} ε = {e:.6g}"

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol.claim import claim_digest
+from protocol.rules.base import RuleName
 
 #: The ``format`` field of every certificate this module writes.
 CERTIFICATE_FORMAT = "verifiable-attribution/certificate/v1"
@@ -212,7 +213,7 @@ PRACTICAL_DECISION_FIELDS = (
 def decision_of(result: Any) -> dict[str, Any] | None:
     """The decision a certificate records: the paper rule's numbers, or the practical rule's."""
     details = result.details
-    if details.get("mode") == "practical":
+    if RuleName.of(details.get("mode")) is RuleName.PRACTICAL:
         if details.get("err_upper") is None:
             return None
         dec = {k: details.get(k) for k in PRACTICAL_DECISION_FIELDS}

@@ -13,10 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from protocol.rules.base import CheckMode
+from protocol.rules.base import CheckMode, RuleName
 from verifier.certificate import PRACTICAL_DECISION_FIELDS
-
-CERTIFIED_MODES = tuple(c.value for c in CheckMode if c.certified)
 
 #: At most this many targets get their own panel (the table in report.md lists them all).
 MAX_PANELS = 6
@@ -41,11 +39,11 @@ def _grid(plt: Any, count: int, width: float = 4.2, height: float = 3.2) -> tupl
     return fig, flat[:count]
 
 
-def plot_noise_stability(decision: dict[str, Any], mode: str, path: Path) -> Path:
+def plot_noise_stability(decision: dict[str, Any], rule: RuleName, path: Path) -> Path:
     """Manual/theory: (0, ŷ0), (ρ, ŷρ), (2ρ, ŷ2ρ), the fitted P(t) = z0 + z1 t + z2 t² and B̂ at
     t = 1 (B̂≥2 = B̂ − z0 − z1). Practical: the B≥2 estimate with its confidence interval."""
     plt = _plt()
-    if mode == "practical":
+    if rule is RuleName.PRACTICAL:
         lo = np.asarray(decision["residual_lower"], dtype=float)
         hi = np.minimum(np.asarray(decision["residual_upper"], dtype=float),
                         np.asarray(decision["mse_upper"], dtype=float))  # fmt: skip
@@ -83,10 +81,10 @@ def plot_noise_stability(decision: dict[str, Any], mode: str, path: Path) -> Pat
     return path
 
 
-def plot_mse(decision: dict[str, Any], mode: str, path: Path) -> Path:
+def plot_mse(decision: dict[str, Any], rule: RuleName, path: Path) -> Path:
     """The MSE estimate with its confidence interval against the acceptance threshold."""
     plt = _plt()
-    if mode == "practical":
+    if rule is RuleName.PRACTICAL:
         est = np.asarray(decision["mse_estimate"], dtype=float)
         lo = np.asarray(decision["mse_lower"], dtype=float)
         hi = np.asarray(decision["mse_upper"], dtype=float)
@@ -140,11 +138,12 @@ def plot_spot_checks(spot: dict[str, Any], path: Path) -> Path:
     plt = _plt()
     tau = float(spot.get("tolerance", 0.0))
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    if spot.get("mode") in CERTIFIED_MODES:
+    checks = CheckMode.of(spot.get("mode"))
+    if checks is not None and checks.certified:
         vals = np.array([float(spot.get("max_f_error_bound", 0.0))])
         ax.bar([0], vals, color="C0")
         ax.set_xticks([0], ["certified |f − f*| bound"])
-        which = "sampled " if spot.get("mode") == "certified-spot" else ""
+        which = "sampled " if checks is CheckMode.CERTIFIED_SPOT else ""
         title = f"certified checks ({spot.get('certified_models', '?')} {which}challenges)"
     elif "abs_diffs" in spot:
         vals = np.asarray(spot["abs_diffs"], dtype=float)
@@ -208,8 +207,8 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _target_table(decision: dict[str, Any], mode: str) -> list[str]:
-    if mode == "practical":
+def _target_table(decision: dict[str, Any], rule: RuleName) -> list[str]:
+    if rule is RuleName.PRACTICAL:
         cols = [
             *("epsilon", "mse_estimate", "mse_lower", "mse_upper"),
             *("residual_lower", "residual_upper", "err_lower", "err_upper", "per_target"),
@@ -240,9 +239,9 @@ def write_report(
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    mode = result.get("mode") or "manual"
+    rule = RuleName.of(result.get("mode")) or RuleName.MANUAL
     decision = result.get("decision")
-    if mode == "practical":
+    if rule is RuleName.PRACTICAL:
         decision = None
         if result.get("err_upper") is not None:
             decision = {k: result.get(k) for k in PRACTICAL_DECISION_FIELDS}
@@ -255,7 +254,7 @@ def write_report(
     md += [
         "## Run",
         "",
-        f"- mode: {mode}; ε = {_fmt(result.get('epsilon'))}; δ = {_fmt(result.get('delta'))}",
+        f"- mode: {rule.value}; ε = {_fmt(result.get('epsilon'))}; δ = {_fmt(result.get('delta'))}",
         f"- transcript hash: `{result.get('transcript_hash')}`",
         f"- claim digest: `{result.get('claim_digest')}`",
         f"- retrainings: verifier {_fmt(result.get('verifier_retrainings'))}, "
@@ -275,18 +274,18 @@ def write_report(
         md += [f"- attribution digest: `{attribution_digest(intercepts, coefficients)}`", ""]
     if decision is not None:
         md += ["## Decision numbers", ""]
-        if mode == "practical":
+        if rule is RuleName.PRACTICAL:
             md.append(
                 "Accept iff err_upper = mse_upper − B≥2_lower ≤ ε for every target; reject iff "
                 "err_lower = mse_lower − B≥2_upper > ε for some target; else inconclusive."
             )
         else:
             md.append(f"Accept iff msê ≤ B̂≥2 + ε/2 for every target (ε = {decision['epsilon']:g}).")
-        md += ["", *_target_table(decision, mode), ""]
-        plot_noise_stability(decision, mode, out / "noise_stability.png")
-        plot_mse(decision, mode, out / "mse.png")
+        md += ["", *_target_table(decision, rule), ""]
+        plot_noise_stability(decision, rule, out / "noise_stability.png")
+        plot_mse(decision, rule, out / "mse.png")
         md += [
-            "## Noise stability" + (" (residual interval)" if mode == "practical" else ""),
+            "## Noise stability" + (" (residual interval)" if rule is RuleName.PRACTICAL else ""),
             "",
             "![noise stability](noise_stability.png)",
             "",
@@ -298,8 +297,9 @@ def write_report(
     spot = result.get("spot_check")
     if spot:
         plot_spot_checks(spot, out / "spot_checks.png")
-        if spot.get("mode") in CERTIFIED_MODES:
-            which = "spot-checked" if spot.get("mode") == "certified-spot" else "all"
+        checks = CheckMode.of(spot.get("mode"))
+        if checks is not None and checks.certified:
+            which = "spot-checked" if checks is CheckMode.CERTIFIED_SPOT else "all"
             text = (
                 f"{which} {spot.get('certified_models')} challenges certified from their weights; "
                 f"|f − f*| ≤ {_fmt(spot.get('max_f_error_bound'))} (τ = {_fmt(spot['tolerance'])})"

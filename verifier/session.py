@@ -30,7 +30,7 @@ from protocol.challenges import (
     public_seed,
 )
 from protocol.claim import MAX_MAGNITUDE, check_claim, claim_digest
-from protocol.rules.base import CheckMode, RuleName, Verdict
+from protocol.rules.base import CheckMode, Verdict
 from protocol.rules.practical import PracticalPlan
 from protocol.tasks.base import Task, TaskIdentity
 from protocol.transcript import Transcript
@@ -92,11 +92,6 @@ class VerificationResult:
         }
 
 
-def rule_of(plan: PracticalPlan | Plan) -> RuleName:
-    """The rule a plan belongs to."""
-    return plan.rule if isinstance(plan, PracticalPlan) else RuleName(plan.mode)
-
-
 @dataclass
 class _Round:
     round: ChallengeRound
@@ -126,7 +121,7 @@ class VerifierSession:
             )
         self.task = task
         self.plan = plan
-        self.rule = rule_of(plan)
+        self.rule = plan.rule
         self.checks = checks
         self.selector = selector or task.selector
         self.N = task.num_train_points

@@ -44,6 +44,12 @@ class RuleName(Enum):
         """True for the paper's rule msê ≤ B̂≥2 + ε/2 (manual or theory sizes)."""
         return self is not RuleName.PRACTICAL
 
+    @classmethod
+    def of(cls, text: object) -> RuleName | None:
+        """The rule a document names (``"mode"`` in a result or certificate), or ``None`` when it
+        names none or an unknown one: parse once at the boundary, then compare types."""
+        return next((r for r in cls if r.value == text), None)
+
 
 class CheckMode(Enum):
     """How the verifier checks the prover's challenge answers."""
@@ -61,3 +67,9 @@ class CheckMode(Enum):
     def all_members(self) -> bool:
         """True when every challenge member is checked (no lie can escape)."""
         return self is CheckMode.CERTIFIED
+
+    @classmethod
+    def of(cls, text: object) -> CheckMode | None:
+        """The check mode a document names (a spot-check record's ``"mode"``), or ``None`` when it
+        names none or an unknown one."""
+        return next((c for c in cls if c.value == text), None)
