@@ -8,12 +8,10 @@ import sys
 from pathlib import Path
 
 from protocol.tasks import load_task
+from prover.precompute import DEFAULT_SAMPLE_SEED
+from prover.store import DEFAULT_STORE
 
 log = logging.getLogger("prover")
-
-DEFAULT_STORE = "prover-store.sqlite3"
-#: Fixed default seed for the datamodel's own samples, so a restarted prover reuses its work.
-DEFAULT_SAMPLE_SEED = "00" * 32
 
 
 def _sample_seed(text: str) -> bytes:
@@ -30,7 +28,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="synthetic", help="task selector NAME[:k=v,...] or a file")
     p.add_argument("--store", default=DEFAULT_STORE, help="SQLite result store (resumable)")
     p.add_argument("--samples", type=int, default=None, help="datamodel regression samples")
-    p.add_argument("--sample-seed", type=_sample_seed, default=bytes.fromhex(DEFAULT_SAMPLE_SEED))
+    p.add_argument("--sample-seed", type=_sample_seed, default=DEFAULT_SAMPLE_SEED)
     p.add_argument("--method", default="auto", choices=["auto", "ols", "ridge", "lasso"])
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -129,10 +127,8 @@ def _transport_credentials(args: argparse.Namespace):  # type: ignore[no-untyped
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from prover.api import honest_servicer
     from prover.server import run_prover
-    from prover.servicer import ProverServicer
-    from prover.session import SessionRegistry
-    from prover.strategy import ChallengeRetrainer, HonestStrategy
 
     credentials = _transport_credentials(args)
     task = load_task(args.task)
@@ -145,15 +141,9 @@ def _serve(args: argparse.Namespace) -> int:
     )
     attribution = _attribution(args, task)
 
-    def factory() -> HonestStrategy:
-        # cheating servers live in `simulations serve`: production code never imports them
-        return HonestStrategy(
-            task, attribution, ChallengeRetrainer(task, stall_s=args.stall_before_commit)
-        )
-
-    info = factory().describe()
-    registry = SessionRegistry(args.max_sessions, ttl_s=args.session_ttl)
-    servicer = ProverServicer(task, factory, registry, info)
+    servicer = honest_servicer(
+        task, attribution, args.max_sessions, args.session_ttl, args.stall_before_commit
+    )
     security = "plain text"
     if credentials is not None:
         security = "mutual TLS" if args.tls_client_ca else "TLS"

@@ -31,10 +31,10 @@ from prover.store import ResultStore
 
 log = logging.getLogger("prover")
 
+#: Fixed default seed of the datamodel's own samples, so a restarted prover reuses its work.
+DEFAULT_SAMPLE_SEED = bytes(32)
 #: Name under which the precomputed datamodel is saved in the store.
 DATAMODEL_NAME = "default"
-#: Default sample seed (matches ``prover.cli.DEFAULT_SAMPLE_SEED``).
-DEFAULT_SAMPLE_SEED_HEX = "00" * 32
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sample-seed",
         type=_hex_seed,
-        default=bytes.fromhex(DEFAULT_SAMPLE_SEED_HEX),
+        default=DEFAULT_SAMPLE_SEED,
         help="hex seed the samples are derived from (default: 32 zero bytes)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=256, help="models per batch")

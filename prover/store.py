@@ -28,6 +28,8 @@ from protocol.tasks.base import Progress, RetrainResult, Task
 
 #: Bumped whenever the schema changes; stored in ``PRAGMA user_version``.
 SCHEMA_VERSION = 1
+#: The result store the prover uses when none is given.
+DEFAULT_STORE = "prover-store.sqlite3"
 #: ``PRAGMA application_id`` of a result store ("ATTR"), so foreign SQLite files are recognised.
 APPLICATION_ID = 0x41545452
 _SQLITE_MAGIC = b"SQLite format 3\x00"

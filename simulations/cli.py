@@ -182,11 +182,11 @@ def _serve(args: argparse.Namespace) -> int:
     context = AttackContext(epsilon=args.epsilon, lie_allowance=m_star, seed=args.seed)
     if args.store is not None:
         from prover.attribution import default_num_samples, fit_attribution
-        from prover.cli import DEFAULT_SAMPLE_SEED
+        from prover.precompute import DEFAULT_SAMPLE_SEED
 
         samples = args.samples if args.samples is not None else default_num_samples(task)
         attribution = fit_attribution(
-            task, args.store, samples, bytes.fromhex(DEFAULT_SAMPLE_SEED),
+            task, args.store, samples, DEFAULT_SAMPLE_SEED,
             progress=not args.no_progress,
         )  # fmt: skip
     else:

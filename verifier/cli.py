@@ -24,15 +24,9 @@ from protocol.rules.practical import (
 )
 from protocol.tasks import load_task
 from protocol.tasks.base import Task
-from verifier.planning import PlanOptions, make_verifier_plan, predict_practical
+from verifier.planning import PlanOptions, check_runnable, make_verifier_plan, predict_practical
 
 log = logging.getLogger("verifier")
-
-#: Above this many local retrainings the verifier refuses to start and says so.
-MAX_LOCAL_RETRAININGS = 10_000_000
-#: Largest |E| a run will ask for: 4 × the prover's tuple limit (prover.session.MAX_TUPLES); the
-#: verifier holds |E|·Z float64 f-values (about 2.6 GB at Z = 10).
-MAX_MEMBERS = 4 * 8_000_000
 
 
 def _positive_float(text: str) -> float:
@@ -276,14 +270,7 @@ def _verify(args: argparse.Namespace) -> int:
 
     task = load_task(args.task)
     plan, checks = make_verifier_plan(options_from_args(args), task)
-    if isinstance(plan, Plan) and (
-        plan.verifier_retrainings > MAX_LOCAL_RETRAININGS or plan.num_members > MAX_MEMBERS
-    ):
-        raise ValueError(
-            f"{plan.mode} mode needs {plan.verifier_retrainings} verifier retrainings and "
-            f"|E| = {plan.num_members}; that is not runnable here — use --mode practical "
-            "(see `verifier plan`)"
-        )
+    check_runnable(plan)
     signing_key = _signing_key(args)  # fail on a bad key before any work
     session = VerifierSession(task, plan, selector=args.task, checks=checks)
     progress_ctx = None

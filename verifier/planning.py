@@ -35,6 +35,12 @@ from protocol.rules.practical import (
 )
 from protocol.tasks.base import Task
 
+#: Above this many local retrainings the verifier refuses to start and says so.
+MAX_LOCAL_RETRAININGS = 10_000_000
+#: Largest |E| a run will ask for: 4 × the prover's tuple limit (prover.session.MAX_TUPLES); the
+#: verifier holds |E|·Z float64 f-values (about 2.6 GB at Z = 10).
+MAX_MEMBERS = 4 * 8_000_000
+
 
 @dataclass(frozen=True)
 class PlanOptions:
@@ -238,3 +244,17 @@ def predict_practical(task: Task, plan: PracticalPlan, claim: Any = None) -> dic
     out["run_pilot_tuples"] = pilot_size(cp, plan)
     out["run_pilot_retrainings"] = pilot_size(cp, plan) * (2 + len(PILOT_LEVELS))
     return out
+
+
+def check_runnable(plan: PracticalPlan | Plan) -> None:
+    """Refuse, with a ``ValueError`` that says what to do, a paper-rule plan too large to run
+    here (more than ``MAX_LOCAL_RETRAININGS`` verifier retrainings or ``MAX_MEMBERS`` members);
+    the practical rule's plans are bounded by their caps and always pass."""
+    if isinstance(plan, Plan) and (
+        plan.verifier_retrainings > MAX_LOCAL_RETRAININGS or plan.num_members > MAX_MEMBERS
+    ):
+        raise ValueError(
+            f"{plan.mode} mode needs {plan.verifier_retrainings} verifier retrainings and "
+            f"|E| = {plan.num_members}; that is not runnable here — use --mode practical "
+            "(see `verifier plan`)"
+        )
