@@ -117,3 +117,27 @@ def digits_z2_attribution():
     f = task.retrain(masks, np.zeros(3000, dtype=np.uint64)).f
     model = fit_datamodel(masks, f, method="ols")
     return Attribution(model.intercepts, model.coefficients, "ols", 3000)
+
+
+#: Modules whose tests start prover or verifier processes (gRPC over 127.0.0.1).
+E2E_MODULES = frozenset(
+    {
+        *("test_e2e", "test_adversaries_e2e", "test_faults"),
+        *("test_limits", "test_tls", "test_precompute", "test_api"),
+    }
+)
+#: Modules whose tests assert rates or bounds over fixed-seed trials.
+STATISTICAL_MODULES = frozenset(
+    {"test_simulations", "test_montecarlo", "test_betting", "test_residual", "test_rules"}
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests ``e2e`` / ``statistical`` by module, so ``-m "not e2e"`` is a quick inner loop
+    and CI (``-m "not slow"``) still runs them all."""
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if module in E2E_MODULES:
+            item.add_marker(pytest.mark.e2e)
+        if module in STATISTICAL_MODULES:
+            item.add_marker(pytest.mark.statistical)
