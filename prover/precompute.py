@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from protocol.jsonable import json_default
 from protocol.progress import retraining_progress
 from protocol.tasks.base import Task
 from prover.store import ResultStore
@@ -55,15 +56,7 @@ class PrecomputeReport:
 
     def to_json(self) -> str:
         """The report as one line of JSON."""
-        return json.dumps(asdict(self), sort_keys=True, default=_jsonable)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return str(obj)
+        return json.dumps(asdict(self), sort_keys=True, default=json_default)
 
 
 def sample_origin(sample_seed: bytes, index: int) -> str:

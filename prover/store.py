@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from protocol.jsonable import json_default
 from protocol.tasks.base import Progress, RetrainResult, Task
 
 #: Bumped whenever the schema changes; stored in ``PRAGMA user_version``.
@@ -138,16 +139,6 @@ def _seed_to_sql(seed: np.uint64 | int) -> int:
 
 def _f_blob(row: np.ndarray) -> bytes:
     return np.ascontiguousarray(row, dtype="<f8").tobytes()
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, bytes):
-        return obj.hex()
-    raise TypeError(f"diagnostics value of type {type(obj).__name__} is not JSON-serialisable")
 
 
 class ResultStore:
@@ -512,7 +503,7 @@ class ResultStore:
             raise ValueError(
                 f"need intercepts (Z,) and coefficients (Z, N), got {c.shape} and {a.shape}"
             )
-        diag = json.dumps(diagnostics or {}, default=_json_default, sort_keys=True)
+        diag = json.dumps(diagnostics or {}, default=json_default, sort_keys=True)
         with self._transaction() as conn:
             task_id = self._task_id(conn, task_hash, create=True)
             conn.execute(

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from protocol.jsonable import json_default
 from protocol.rules.base import CheckMode
 from protocol.tasks import load_task
 from protocol.tasks.base import Task
@@ -402,7 +403,7 @@ def run_sweep(
                 interrupted = True
                 break
             with path.open("a") as fh:
-                fh.write(json.dumps(record, default=_json_default) + "\n")
+                fh.write(json.dumps(record, default=json_default) + "\n")
                 fh.flush()
             finished[record["key"]] = record
             computed += 1
@@ -414,14 +415,6 @@ def run_sweep(
         interrupted=interrupted,
         pending=len(cells) - len(records),
     )
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def with_trials(config: SweepConfig, trials: int) -> SweepConfig:

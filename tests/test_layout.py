@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from proto.generate import stale_files
 from tests.conftest import REPO
 
@@ -200,3 +202,29 @@ def test_no_mode_or_check_string_is_compared_outside_the_rules() -> None:
             for line, text in _compared_strings(ast.parse(path.read_text()), names):
                 bad.append(f"{path.relative_to(REPO)}:{line} compares {text!r}")
     assert bad == []
+
+
+def test_one_json_encoder_hook() -> None:
+    import json
+    from enum import Enum
+
+    import numpy as np
+
+    from protocol.jsonable import json_default
+
+    class Colour(Enum):
+        RED = "red"
+
+    doc = {"a": np.arange(3), "x": np.float32(0.5), "b": b"\x01", "p": REPO / "x", "c": Colour.RED}
+    assert json.loads(json.dumps(doc, default=json_default)) == {
+        "a": [0, 1, 2], "x": 0.5, "b": "01", "p": str(REPO / "x"), "c": "red",
+    }  # fmt: skip
+    with pytest.raises(TypeError, match="object"):
+        json.dumps({"o": object()}, default=json_default)
+    hooks = [
+        f"{m}: {node.name}"
+        for m, path in _module_files().items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef) and node.name in ("_json_default", "_jsonable")
+    ]
+    assert hooks == []

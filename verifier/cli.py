@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from protocol.accounting import Plan
+from protocol.jsonable import json_default
 from protocol.rules.base import CheckMode, RuleName, Verdict
 from protocol.rules.practical import (
     DEFAULT_MSE_CAP,
@@ -296,7 +297,7 @@ def _verify(args: argparse.Namespace) -> int:
         if progress_ctx is not None:
             progress_ctx.__exit__(None, None, None)
     if args.json:
-        print(json.dumps(result.to_dict(), default=_json_default))
+        print(json.dumps(result.to_dict(), default=json_default))
     else:
         _print_result(result, plan, task)
     _write_outputs(args, result, session, signing_key)
@@ -348,18 +349,6 @@ def _write_outputs(args: argparse.Namespace, result: Any, session: Any, key: Any
         print(f"report: {path}", file=out)
 
 
-def _json_default(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, bytes):
-        return obj.hex()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 def _plan(args: argparse.Namespace) -> int:
     task = load_task(args.task)
     options = options_from_args(args)
@@ -375,7 +364,7 @@ def _plan(args: argparse.Namespace) -> int:
             int(out["prediction"]["stage1_mse_samples"]) if checks.certified else 0
         )
     if args.json:
-        print(json.dumps(out, default=_json_default))
+        print(json.dumps(out, default=json_default))
         return 0
     if isinstance(plan, PracticalPlan):
         for line in _practical_plan_lines(plan, task):
