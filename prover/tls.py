@@ -18,23 +18,10 @@ from pathlib import Path
 
 import grpc
 
+from protocol.addresses import is_loopback_host
+
 #: Hostnames and addresses the test server certificate is valid for (subjectAltName).
 DEFAULT_SERVER_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
-
-
-def is_loopback_host(host: str) -> bool:
-    """True only when ``host`` is a loopback IP literal (127.0.0.0/8, ::1) or ``localhost``.
-
-    Anything else, including wildcard binds (``0.0.0.0``, ``::``, ``[::]``) and other hostnames,
-    counts as non-loopback.
-    """
-    name = host.strip().strip("[]")
-    if name.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def check_plaintext_policy(host: str, tls: bool, insecure_plaintext: bool) -> str | None:

@@ -18,9 +18,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from prover.tls import TestPki, check_plaintext_policy, is_loopback_host, make_test_pki
+from protocol.addresses import address_host, is_loopback_address, is_loopback_host
+from prover.tls import TestPki, check_plaintext_policy, make_test_pki
 from tests.conftest import REPO, ProverProcess, run_verifier, start_prover
-from verifier.client import GrpcTransport, address_host, is_loopback_address
+from verifier.client import GrpcTransport
 
 TASK = "synthetic:n=100"
 SIZES = ["--task", TASK, "--epsilon", "1.0", "--timeout", "30"]

@@ -7,7 +7,6 @@ client certificate and key are given too.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import grpc
 
 from proto.attribution.v1 import attribution_pb2 as pb
 from proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
+from protocol.addresses import is_loopback_address
 from protocol.tasks.base import Progress
 from verifier.driver import TransportError, run_protocol
 from verifier.session import VerificationResult, VerifierSession
@@ -86,27 +86,6 @@ def _read_pem(path: str | Path, what: str) -> bytes:
     if b"-----BEGIN" not in data:
         raise ValueError(f"{what} {str(path)!r} is not a PEM file")
     return data
-
-
-def address_host(address: str) -> str:
-    """The host part of a gRPC target such as ``h:p``, ``[::1]:p`` or ``dns:///h:p``."""
-    target = address.split("///", 1)[-1] if "://" in address else address
-    if target.startswith("["):
-        return target[1:].split("]", 1)[0]
-    if target.count(":") > 1:  # a bare IPv6 literal without a port
-        return target
-    return target.rsplit(":", 1)[0] if ":" in target else target
-
-
-def is_loopback_address(address: str) -> bool:
-    """True when the target's host is ``localhost`` or a loopback IP literal."""
-    host = address_host(address)
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def describe_rpc_error(err: grpc.RpcError, step: str, address: str, timeout_s: float) -> str:
