@@ -11,6 +11,7 @@ from proto.attribution.v1 import attribution_pb2 as pb
 from proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 from protocol import PROTOCOL_VERSION
 from protocol.tasks.base import Task, TaskIdentity
+from protocol.untrusted import printable, quote
 from prover.session import ProtocolFault, ProverSession, SessionRegistry
 from prover.strategy import HonestStrategy
 
@@ -18,8 +19,9 @@ log = logging.getLogger("prover")
 
 
 def _abort(context: grpc.ServicerContext, fault: ProtocolFault) -> None:
-    log.warning("refused request: %s (%s)", fault.message, fault.code)
-    context.abort(getattr(grpc.StatusCode, fault.code), fault.message)
+    message = printable(fault.message, 1_000)
+    log.warning("refused request: %s (%s)", message, fault.code)
+    context.abort(getattr(grpc.StatusCode, fault.code), message)
 
 
 class ProverServicer(pb_grpc.ProverServicer):
@@ -59,7 +61,7 @@ class ProverServicer(pb_grpc.ProverServicer):
             "session %s: hello from %s, task %s",
             session.id[:8],
             context.peer(),
-            request.task.selector,
+            quote(request.task.selector),
         )
         return session.hello_reply(self.prover_info)
 

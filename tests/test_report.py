@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from protocol.tasks.synthetic import SyntheticTask
+from protocol.untrusted import markdown_text
 from prover.strategy import Attribution, HonestStrategy
 from simulations.inprocess import InProcessTransport
 from verifier.driver import run_protocol
@@ -43,7 +44,7 @@ def test_report_files_and_numbers(run, tmp_path) -> None:
         assert f"({png})" in path.read_text()
     text = path.read_text()
     assert "# Verification report: ACCEPT" in text
-    assert result.reason in text
+    assert markdown_text(result.reason) in text  # rendered as plain text (escaped Markdown)
     dec = result.details
     assert dec["tuples"] > 0
     for t in range(TASK.num_targets):

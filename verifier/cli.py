@@ -25,6 +25,7 @@ from protocol.rules.practical import (
 )
 from protocol.tasks import load_task
 from protocol.tasks.base import Task
+from protocol.untrusted import printable
 from verifier.planning import PlanOptions, check_runnable, make_verifier_plan, predict_practical
 
 log = logging.getLogger("verifier")
@@ -205,8 +206,8 @@ def _print_result(result: Any, plan: Any, task: Task) -> None:
         )
     else:
         print(f"verdict: {verdict}")
-    print(f"reason:  {result.reason}")
-    if d.get("mode") == RuleName.PRACTICAL.value and d.get("err_upper") is not None:
+    print(f"reason:  {printable(result.reason)}")
+    if RuleName.of(d.get("mode")) is RuleName.PRACTICAL and d.get("err_upper") is not None:
         for t in range(len(d["err_upper"])):
             print(
                 f"  target {t}: err ∈ [{d['err_lower'][t]:.4g}, {d['err_upper'][t]:.4g}] vs "

@@ -19,6 +19,7 @@ from proto.attribution.v1 import attribution_pb2 as pb
 from proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 from protocol.addresses import is_loopback_address
 from protocol.tasks.base import Progress
+from protocol.untrusted import QUOTE_LIMIT, printable
 from verifier.driver import TransportError, run_protocol
 from verifier.session import VerificationResult, VerifierSession
 
@@ -91,7 +92,7 @@ def _read_pem(path: str | Path, what: str) -> bytes:
 def describe_rpc_error(err: grpc.RpcError, step: str, address: str, timeout_s: float) -> str:
     """A sentence a person understands for a failed RPC."""
     code = err.code() if hasattr(err, "code") else None
-    details = err.details() if hasattr(err, "details") else str(err)
+    details = printable(err.details() if hasattr(err, "details") else str(err), QUOTE_LIMIT)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"prover at {address} did not answer {step} within {timeout_s:g}s (timeout)"
     if code == grpc.StatusCode.UNAVAILABLE:

@@ -24,6 +24,7 @@ from protocol.rules.base import CheckMode, Verdict
 from protocol.rules.paper import paper_verdict
 from protocol.rules.practical import PracticalOutcome, PracticalPlan, PracticalRun
 from protocol.tasks.base import Progress
+from protocol.untrusted import printable
 from verifier.certified import certified_cost
 from verifier.evidence import SUPPLY_BATCH, TransportEvidence
 from verifier.session import (
@@ -101,7 +102,7 @@ def error_result(
     eps = plan.epsilon if isinstance(plan, Plan) else (plan.epsilon or plan.epsilon_rel)
     return VerificationResult(
         verdict=verdict.value,
-        reason=reason,
+        reason=printable(reason),
         epsilon=eps,
         delta=plan.delta,
         num_train_points=session.N,
@@ -335,7 +336,7 @@ def _result(
     }
     return VerificationResult(
         verdict=verdict.value,
-        reason=reason,
+        reason=printable(reason),
         epsilon=eps,
         delta=plan.delta,
         num_train_points=session.N,

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from protocol.rules.base import CheckMode, RuleName
+from protocol.untrusted import markdown_text
 from verifier.certificate import PRACTICAL_DECISION_FIELDS
 
 #: At most this many targets get their own panel (the table in report.md lists them all).
@@ -247,10 +248,14 @@ def write_report(
             decision = {k: result.get(k) for k in PRACTICAL_DECISION_FIELDS}
             if not isinstance(decision["epsilon"], list):
                 decision["epsilon"] = [decision["epsilon"]]
-    md: list[str] = [f"# Verification report: {str(result['verdict']).upper()}", ""]
-    md += [f"**Verdict:** {result['verdict']}  ", f"**Reason:** {result['reason']}", ""]
+    md: list[str] = [f"# Verification report: {markdown_text(str(result['verdict']).upper())}", ""]
+    md += [
+        f"**Verdict:** {markdown_text(result['verdict'])}  ",
+        f"**Reason:** {markdown_text(result['reason'])}",
+        "",
+    ]
     if task:
-        md += ["## Task", ""] + [f"- {k}: `{v}`" for k, v in task.items()] + [""]
+        md += ["## Task", ""] + [f"- {k}: {markdown_text(v)}" for k, v in task.items()] + [""]
     md += [
         "## Run",
         "",

@@ -34,6 +34,7 @@ from protocol.rules.base import CheckMode, Verdict
 from protocol.rules.practical import PracticalPlan
 from protocol.tasks.base import Task, TaskIdentity
 from protocol.transcript import Transcript
+from protocol.untrusted import printable, quote
 from verifier.certified import (
     CertificationFailure,
     CertifiedOpenings,
@@ -170,12 +171,13 @@ class VerifierSession:
         self.transcript.append_message("p2v", reply)
         if reply.protocol_version != PROTOCOL_VERSION:
             raise VerificationError(
-                f"prover speaks protocol {reply.protocol_version!r}, we speak {PROTOCOL_VERSION!r}"
+                f"prover speaks protocol {quote(reply.protocol_version)}, "
+                f"we speak {PROTOCOL_VERSION!r}"
             )
         theirs = TaskIdentity.from_message(reply.task)
         mismatch = self.task.identity().mismatch(theirs)
         if mismatch:
-            raise VerificationError(mismatch)
+            raise VerificationError(printable(mismatch, 1_000))
         if not reply.session_id:
             raise VerificationError("prover returned no session id")
         self.session_id = reply.session_id
