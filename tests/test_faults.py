@@ -51,8 +51,9 @@ def _kill(prover: ProverProcess) -> None:
     prover.proc.wait(timeout=30)
 
 
-def test_prover_killed_mid_commit_is_an_error(tmp_path: Path) -> None:
-    """SIGKILL while the verifier waits on the Commit stream: error (2), never accept."""
+def test_prover_killed_mid_commit_is_a_reject(tmp_path: Path) -> None:
+    """SIGKILL while the verifier waits on the Commit stream, after the claim: reject (1), an
+    abort after commitment is never a retryable error (issue #16)."""
     prover = start_prover(tmp_path, "--task", TASK, "--stall-before-commit", "30")
     try:
         verifier = subprocess.Popen(
@@ -65,15 +66,18 @@ def test_prover_killed_mid_commit_is_an_error(tmp_path: Path) -> None:
     finally:
         _kill(prover)
     out = _verdict(stdout)
-    assert verifier.returncode == 2, out
-    assert out["verdict"] == "error", out
+    assert verifier.returncode == 1, out
+    assert out["verdict"] == "reject", out
+    assert out["aborted_after_commit"] is True
     assert "during Commit" in out["reason"], out["reason"]
+    assert "after committing to its claim" in out["reason"], out["reason"]
     assert "TLS" not in out["reason"]  # a disconnect after Hello is not a handshake failure
     assert _store_ok(tmp_path)
 
 
-def test_prover_stalling_past_the_deadline_is_a_timeout_error(tmp_path: Path) -> None:
-    """The prover sleeps 20 s before answering; the verifier's 2 s deadline gives error (2)."""
+def test_prover_stalling_past_the_deadline_is_a_timeout_reject(tmp_path: Path) -> None:
+    """The prover sleeps 20 s before its commitment, after its claim; the verifier's 2 s
+    deadline gives reject (1): timing out after commitment is an abort."""
     prover = start_prover(tmp_path, "--task", TASK, "--stall-before-commit", "20")
     try:
         started = time.monotonic()
@@ -81,19 +85,21 @@ def test_prover_stalling_past_the_deadline_is_a_timeout_error(tmp_path: Path) ->
         elapsed = time.monotonic() - started
     finally:
         _kill(prover)
-    assert rc == 2, out
-    assert out["verdict"] == "error"
+    assert rc == 1, out
+    assert out["verdict"] == "reject"
     assert "timeout" in out["reason"], out["reason"]
+    assert "after committing to its claim" in out["reason"], out["reason"]
     assert elapsed < 15, elapsed  # the deadline, not the stall, ended the run
     assert _store_ok(tmp_path)
 
 
-def test_prover_restarted_mid_session_is_an_error_then_a_fresh_run_accepts(
+def test_prover_restarted_mid_session_is_a_reject_then_a_fresh_run_accepts(
     tmp_path: Path,
 ) -> None:
     """Kill the prover during Commit and restart it on the same port: the old session is gone.
 
-    The interrupted verifier ends with error (2); the restarted prover knows nothing of its
+    The interrupted verifier ends with reject (1), the prover having committed; the restarted
+    prover knows nothing of its
     session (a late call would get NOT_FOUND "unknown or expired session"); a new verifier run
     against the restarted prover on the same port accepts.
     """
@@ -114,8 +120,8 @@ def test_prover_restarted_mid_session_is_an_error_then_a_fresh_run_accepts(
         assert restarted.address.endswith(f":{port}")
         stdout, _ = verifier.communicate(timeout=60)
         out = _verdict(stdout)
-        assert verifier.returncode == 2, out
-        assert out["verdict"] == "error", out
+        assert verifier.returncode == 1, out
+        assert out["verdict"] == "reject", out
         rc, fresh = run_verifier(restarted.address, *PRACTICAL, "--timeout", "60", timeout_s=120)
         assert fresh["verdict"] == "accept", fresh
         assert rc == 0

@@ -26,7 +26,7 @@ from protocol.rules.practical import PracticalOutcome, PracticalPlan, PracticalR
 from protocol.tasks.base import Progress
 from protocol.untrusted import printable
 from verifier.certified import certified_cost
-from verifier.evidence import SUPPLY_BATCH, TransportEvidence
+from verifier.evidence import SUPPLY_BATCH, TransportEvidence, take_at_most
 from verifier.session import (
     Rejection,
     VerificationError,
@@ -174,7 +174,9 @@ def _paper(
         parts = []
         for first in range(0, m, SUPPLY_BATCH):
             count = min(SUPPLY_BATCH, m - first)
-            models = list(transport.supply_models(session.models_request(first, count)))
+            models = take_at_most(
+                transport.supply_models(session.models_request(first, count)), count
+            )
             parts.append(session.ingest_models(first, models))
             if progress is not None:
                 progress(count)
@@ -227,8 +229,10 @@ def run_protocol(
 
     Guarantees: "accept" only if every message arrived well-formed, every opening and check held,
     and the rule's (ε, δ) guarantee holds at the requested ε; "inconclusive" when the run
-    certifies only a looser ε (it says which); a transport failure, malformed message or crash
-    gives "error"; a caught prover "reject"; each with a reason a person understands.
+    certifies only a looser ε (it says which); a caught prover "reject". A transport failure or
+    malformed message gives "error" before the prover has committed to its claim and "reject"
+    after (``details["aborted_after_commit"]``); a crash of the verifier itself gives "error".
+    Each comes with a reason a person understands.
     """
     started = time.monotonic()
     cpu_started = time.process_time()
@@ -273,10 +277,13 @@ def run_protocol(
         result.details["wall_time_s"] = time.monotonic() - started
         result.details["timings"] = session.timings
         return result
-    except TransportError as exc:
-        return _finish_error(session, f"{step}: {exc}", Verdict.ERROR, cpu_started)
-    except VerificationError as exc:
-        return _finish_error(session, f"{step}: {exc}", Verdict.ERROR, cpu_started)
+    except (TransportError, VerificationError) as exc:
+        if session.claim_summary is None:  # before commitment an error is an error
+            return _finish_error(session, f"{step}: {exc}", Verdict.ERROR, cpu_started)
+        result = _finish_error(session, abort_reason(step, exc), Verdict.REJECT, cpu_started)
+        result.details["aborted_after_commit"] = True
+        _tell_prover(session, transport, result.verdict)
+        return result
     except Rejection as exc:
         result = _finish_error(session, f"{step}: {exc}", Verdict.REJECT, cpu_started)
         _tell_prover(session, transport, result.verdict)
@@ -287,6 +294,20 @@ def run_protocol(
             session, f"{step}: internal error {type(exc).__name__}: {exc}", Verdict.ERROR,
             cpu_started,
         )  # fmt: skip
+
+
+def abort_reason(step: str, exc: Exception) -> str:
+    """The reason of a reject for a run the prover did not complete after committing.
+
+    Once the claim is committed, failing to finish (refusing, aborting, timing out,
+    disconnecting, a malformed answer) is a reject, never a retryable error: a prover that can
+    foresee its verdict (it knows M when it supplies M's models) or dislikes a challenge seed
+    would otherwise abort and be asked again (docs/protocol.md, "Retry policy").
+    """
+    return (
+        f"{step}: the prover did not complete the protocol after committing to its claim "
+        f"({exc}); an abort after commitment is a reject, not a retry"
+    )
 
 
 def _finish_error(

@@ -9,7 +9,8 @@ and certified before its values are used.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -17,10 +18,24 @@ from protocol.decision import datamodel_predictions
 from protocol.rules.base import CheckMode
 from protocol.rules.practical import PilotData, merge_pilots, pilot_data
 from protocol.tasks.base import Progress
-from verifier.session import VerificationError, VerifierSession
+from verifier.session import Rejection, VerificationError, VerifierSession
 
 #: Models requested per SupplyModels call (certified checks).
 SUPPLY_BATCH = 1024
+
+T = TypeVar("T")
+
+
+def take_at_most(stream: Iterable[T], count: int) -> list[T]:
+    """The stream's messages, read one at a time; ``Rejection`` as soon as one arrives past
+    ``count``, so a prover streaming without end costs the verifier ``count`` messages of memory,
+    not its whole stream."""
+    out: list[T] = []
+    for message in stream:
+        if len(out) >= count:
+            raise Rejection(f"prover sent more than the {count} models asked for")
+        out.append(message)
+    return out
 
 
 class TransportEvidence:
@@ -45,7 +60,7 @@ class TransportEvidence:
             parts = []
             for lo in range(first, first + count, SUPPLY_BATCH):
                 n = min(SUPPLY_BATCH, first + count - lo)
-                models = list(self.transport.supply_models(s.models_request(lo, n)))
+                models = take_at_most(self.transport.supply_models(s.models_request(lo, n)), n)
                 if len(models) != n:
                     raise VerificationError(
                         f"prover supplied {len(models)} of the {n} MSE-sample models asked for"
