@@ -281,3 +281,80 @@ def test_verify_refuses_open_key_before_running(tmp_path, capsys) -> None:
     assert rc == 2
     assert "accessible by group or others" in capsys.readouterr().err
     assert not (tmp_path / "c.json").exists()
+
+
+# ---- issue #16 item 5: keys that vouch for nothing, reported numbers, the unpinned signer ----
+
+#: Ed25519 encodings of small-order points: the identity (y = 1), the point of order 2
+#: (y = −1), and one of order 4 (x² = −1 on the twisted curve: y = 0).
+IDENTITY = (1).to_bytes(32, "little")
+ORDER_2 = (2**255 - 19 - 1).to_bytes(32, "little")
+ORDER_4 = (0).to_bytes(32, "little")
+
+
+def _forge(cert: dict, public_key: bytes, signature: bytes, path: Path) -> Path:
+    forged = {k: v for k, v in cert.items() if k != "signature"}
+    forged["verifier_key"] = {"algorithm": "Ed25519", "public_key": public_key.hex()}
+    forged["signature"] = signature.hex()
+    path.write_bytes(encode_certificate(forged))
+    return path
+
+
+def test_identity_key_forgery_fails_audit(signed, tmp_path, capsys) -> None:
+    """(A = identity, R = identity, S = 0) satisfies S·B = R + h·A for every message: a
+    "signature" no one holds a key for. The audit refuses small-order keys before verifying."""
+    path, _key, _, _ = signed
+    cert = json.loads(path.read_text())
+    identity_r = (1).to_bytes(32, "little")
+    forged = _forge(cert, IDENTITY, identity_r + bytes(32), tmp_path / "forged.json")
+    assert _audit_rc(forged) == 1
+    out = capsys.readouterr().out
+    assert "small order" in out
+    assert "certificate holds" not in out
+
+
+@pytest.mark.parametrize("point", [IDENTITY, ORDER_2, ORDER_4], ids=["identity", "o2", "o4"])
+def test_small_order_and_noncanonical_keys_are_weak(point: bytes) -> None:
+    from verifier.signing_keys import weak_key_reason
+
+    assert weak_key_reason(point) is not None
+    assert "small order" in weak_key_reason(point)  # type: ignore[operator]
+    noncanonical = (2**255 - 19 + 1).to_bytes(32, "little")  # y = p + 1 names y = 1 again
+    assert "canonical" in weak_key_reason(noncanonical)  # type: ignore[operator]
+
+
+def test_real_keys_are_not_weak(signed) -> None:
+    from verifier.signing_keys import weak_key_reason
+
+    path, _key, _, _ = signed
+    pub = bytes.fromhex(json.loads(path.read_text())["verifier_key"]["public_key"])
+    assert weak_key_reason(pub) is None
+    for i in range(20):  # fresh keys: a false alarm here would refuse honest certificates
+        fresh = load_or_create_key(path.parent / f"k{i}" / "v.key")
+        raw = bytes.fromhex(sign_certificate({}, fresh)["verifier_key"]["public_key"])
+        assert weak_key_reason(raw) is None
+
+
+def test_prover_count_is_signed_as_reported_beside_the_verified_one(signed, capsys) -> None:
+    path, _key, session, result = signed
+    cert = json.loads(path.read_text())
+    ret = cert["retrainings"]
+    assert "prover" not in ret
+    assert ret["prover_reported"] == result.prover_retrainings
+    assert ret["prover_verified"] == session.prover_retrainings_verified
+    assert _audit_rc(path) == 0
+    out = capsys.readouterr().out
+    assert "reported (unverified)" in out
+
+
+def test_audit_without_a_pinned_key_says_what_it_has_not_checked(signed, capsys) -> None:
+    path, _key, _, _ = signed
+    assert _audit_rc(path) == 0
+    assert "SIGNER NOT CHECKED" in capsys.readouterr().out
+    pub = json.loads(path.read_text())["verifier_key"]["public_key"]
+    assert _audit_rc(path, "--public-key", pub) == 0
+    assert "SIGNER NOT CHECKED" not in capsys.readouterr().out
+    assert _audit_rc(path, "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["signer_pinned"] is False
+    assert any("SIGNER NOT CHECKED" in line for line in doc["not_checked"])

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from protocol.accounting import GUARANTEE_RTOL
 from protocol.rules.base import CheckMode, RuleName, Verdict
 from verifier.certificate import CERTIFICATE_FORMAT, encode_certificate, signed_bytes
+from verifier.signing_keys import weak_key_reason
 
 #: Relative tolerance for numbers the certificate derives from others (they are recomputed
 #: with the same float64 operations, so in practice they agree exactly).
@@ -147,6 +148,9 @@ def _check_signature(cert: dict[str, Any], trusted_key: str | None) -> str:
         raise _Fail("verifier_key.public_key must be 32 bytes as lowercase hex")
     if not re.fullmatch(r"[0-9a-f]{128}", sig_hex):
         raise _Fail("signature must be 64 bytes as lowercase hex")
+    weak = weak_key_reason(bytes.fromhex(pub_hex))
+    if weak is not None:
+        raise _Fail(f"verifier_key.public_key is {weak}; it vouches for nothing")
     try:
         Ed25519PublicKey.from_public_bytes(bytes.fromhex(pub_hex)).verify(
             bytes.fromhex(sig_hex), signed_bytes(cert)
@@ -216,7 +220,13 @@ def _check_structure(cert: dict[str, Any]) -> dict[str, Any]:
         raise _Fail("sizes.num_targets differs from attribution.num_targets")
     ret = _get(cert, "retrainings", dict, "")
     _get(ret, "verifier", float, "retrainings.")
-    _get(ret, "prover", int, "retrainings.")
+    if "prover" in ret:  # certificates before issue #16 signed the prover's own count as is
+        _get(ret, "prover", int, "retrainings.")
+    else:
+        _get(ret, "prover_reported", int, "retrainings.")
+        _get(ret, "prover_verified", int, "retrainings.")
+    if "prover_identity" in cert:  # absent before issue #16
+        _get(cert, "prover_identity", dict, "", nullable=True)
     _get(cert, "decision", dict, "", nullable=not accepting)
     _get(cert, "spot_check", dict, "", nullable=True)  # an accept on the MSE alone has none
     return {"rule": rule, "z": z, "verdict": verdict, "epsilon": eps, "sizes": sizes}
@@ -405,6 +415,23 @@ def summary_lines(cert: dict[str, Any]) -> list[str]:
         f"issued at:   {cert['issued_at']}",
         f"signed by:   Ed25519 {cert['verifier_key']['public_key']}",
     ]
+    who = cert.get("prover_identity")
+    if who is not None:
+        if who.get("authenticated"):
+            lines.append(
+                f"prover:      {who.get('server_name')} authenticated by {who.get('transport')} "
+                f"(CA sha256 {who.get('ca_sha256')})"
+            )
+        else:
+            lines.append(f"prover:      {who.get('address')} NOT authenticated (plain text)")
+    ret = cert["retrainings"]
+    if "prover" in ret:
+        lines.append(f"retrainings: prover {ret['prover']} (reported by the prover, unverified)")
+    else:
+        lines.append(
+            f"retrainings: prover {ret['prover_reported']} reported (unverified), "
+            f"{ret['prover_verified']} verified; verifier {ret['verifier']:.6g}"
+        )
     dec = cert.get("decision")
     if dec is not None and RuleName.of(cert["parameters"]["mode"]) is RuleName.PRACTICAL:
         for t, (up, e) in enumerate(zip(dec["err_upper"], dec["epsilon"], strict=True)):
@@ -419,6 +446,23 @@ def summary_lines(cert: dict[str, Any]) -> list[str]:
     return lines
 
 
+def not_checked(trusted_key: str | None) -> list[str]:
+    """What an audit did not establish: always the prover's self-reported retraining count, and,
+    without ``--public-key``, who the signer is."""
+    out = [
+        "retrainings.prover_reported is the prover's own, unverified count; "
+        "retrainings.prover_verified is what the verifier saw it compute"
+    ]
+    if trusted_key is None:
+        out.insert(
+            0,
+            "SIGNER NOT CHECKED: no --public-key was given, so this only shows that SOME key "
+            "signed it; anyone can make a key. Pin the verifier's key with --public-key HEX "
+            "(obtained independently of this file) before relying on it",
+        )
+    return out
+
+
 def audit_main(path: str, trusted_key: str | None = None, as_json: bool = False) -> int:
     """CLI body of ``verifier audit``: print the outcome; 0 holds, 1 fails, 2 unreadable."""
     try:
@@ -430,8 +474,15 @@ def audit_main(path: str, trusted_key: str | None = None, as_json: bool = False)
             print(f"verifier audit: cannot read certificate: {exc}")
         return 2
     cert = result.certificate
+    unchecked = not_checked(trusted_key)
     if as_json:
-        print(json.dumps({"holds": result.ok, "problems": result.problems}, ensure_ascii=False))
+        doc = {
+            "holds": result.ok,
+            "problems": result.problems,
+            "signer_pinned": trusted_key is not None,
+            "not_checked": unchecked,
+        }
+        print(json.dumps(doc, ensure_ascii=False))
         return 0 if result.ok else 1
     if not result.ok:
         print(f"certificate does NOT hold: {result.problems[0]}")
@@ -440,6 +491,8 @@ def audit_main(path: str, trusted_key: str | None = None, as_json: bool = False)
     print("certificate holds: signature valid, fields complete, verdict follows from its numbers")
     for line in summary_lines(cert):
         print(line)
+    for line in unchecked:
+        print(f"WARNING: {line}")
     print()
     print(
         PROVES.format(

@@ -285,13 +285,19 @@ def build_certificate(
             "num_targets": int(session.Z),
             "num_train_points": int(session.N),
         },
+        # who the claim came from, as the channel authenticated it (TLS: the checked server
+        # name and the CA; plain text: only an address, marked unauthenticated)
+        "prover_identity": details.get("prover_identity"),
         "verdict": result.verdict,
         "reason": result.reason,
         "decision": decision_of(result),
         "spot_check": details.get("spot_check"),
         "retrainings": {
             "verifier": float(result.verifier_retrainings),
-            "prover": int(result.prover_retrainings),
+            # what the prover says it spent: signed as reported, not as fact
+            "prover_reported": int(result.prover_retrainings),
+            # what this run saw it do: committed challenge members and supplied models
+            "prover_verified": int(session.prover_retrainings_verified),
         },
     }
     return sign_certificate(body, key)
