@@ -233,10 +233,41 @@ def test_verifier_rejects_client_certificate_without_ca(tmp_path) -> None:
     assert "need --tls-ca" in out.stdout
 
 
-def test_client_warns_about_plaintext_off_loopback(caplog) -> None:
+def test_client_refuses_plaintext_off_loopback_unless_told(caplog) -> None:
     # Channels connect lazily: no RPC is made, so nothing is sent anywhere.
     with caplog.at_level(logging.WARNING, logger="verifier"):
         GrpcTransport("127.0.0.1:1", 1.0).close()
         assert "plain-text" not in caplog.text
-        GrpcTransport("192.0.2.1:50051", 1.0).close()
-    assert "plain-text" in caplog.text
+        with pytest.raises(ValueError, match=r"refusing plain-text gRPC to 192\.0\.2\.1:50051"):
+            GrpcTransport("192.0.2.1:50051", 1.0)
+        GrpcTransport("192.0.2.1:50051", 1.0, insecure_plaintext=True).close()
+    assert "INSECURE: plain-text" in caplog.text
+
+
+def test_verify_cli_refuses_plaintext_off_loopback_with_exit_2() -> None:
+    # refused before any channel exists: nothing is sent to the documentation address
+    rc, out = run_verifier("192.0.2.1:50051", *SIZES, "--timeout", "5")
+    assert (rc, out["verdict"]) == (2, "error")
+    assert "--insecure-plaintext" in out["reason"]
+
+
+def test_tls_binds_the_authenticated_prover_identity_in_the_certificate(
+    tls_prover, pki, tmp_path
+) -> None:
+    import hashlib
+    import json
+
+    ours, _ = pki
+    cert_path = tmp_path / "cert.json"
+    rc, out = run_verifier(
+        tls_prover.address, *SIZES, "--tls-ca", str(ours.ca_cert),
+        "--certificate", str(cert_path), "--key", str(tmp_path / "k" / "v.key"),
+    )  # fmt: skip
+    assert rc == 0, out["reason"]
+    who = out["prover_identity"]
+    assert who["authenticated"] is True
+    assert who["transport"] == "tls"
+    assert who["server_name"] == tls_prover.address.rsplit(":", 1)[0]
+    assert who["ca_sha256"] == hashlib.sha256(ours.ca_cert.read_bytes()).hexdigest()
+    cert = json.loads(cert_path.read_text())
+    assert cert["prover_identity"] == who  # signed together with the claim's digest

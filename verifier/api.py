@@ -31,6 +31,7 @@ def verify(
     checks: str = "auto",
     timeout_s: float = 600.0,
     tls: ClientTLS | None = None,
+    insecure_plaintext: bool = False,
     progress: Progress | None = None,
     **sizes: Any,
 ) -> VerificationResult:
@@ -40,11 +41,13 @@ def verify(
     calls (an in-process prover). ``task`` is a selector (``"digits-logreg"``) or a ``Task``.
     ``epsilon`` is absolute; ``epsilon_rel`` is relative to each target's Var f (practical rule
     only); ``sizes`` are further ``PlanOptions`` fields (``max_mse_samples``, ``pairs``, …).
+    Plain text to a non-loopback address needs ``tls`` or ``insecure_plaintext=True``.
 
     Guarantees: the result's ``verdict`` is ``"accept"`` (exit code 0) only when the rule's
     (ε, δ) guarantee holds at the requested ε; ``"inconclusive"`` says which looser ε it does
     certify (``details["certified_epsilon"]``); a timeout, malformed message or transport failure
-    is ``"error"``, a caught prover ``"reject"``. ``to_dict()`` is the ``--json`` document, with
+    is ``"error"`` before the prover's claim is complete and ``"reject"`` after it (an abort after
+    commitment), a caught prover ``"reject"``. ``to_dict()`` is the ``--json`` document, with
     ``guarantee_met``, ``verifier_cpu_s``, ``verifier_cost`` and ``self_fit_retrainings``.
     Raises ``ValueError`` only for bad arguments (before any contact with the prover).
     """
@@ -65,5 +68,12 @@ def verify(
     check_runnable(plan)
     session = VerifierSession(the_task, plan, checks=check_mode)
     if isinstance(prover, str):
-        return run_verification(session, prover, timeout_s=timeout_s, progress=progress, tls=tls)
+        return run_verification(
+            session,
+            prover,
+            timeout_s=timeout_s,
+            progress=progress,
+            tls=tls,
+            insecure_plaintext=insecure_plaintext,
+        )
     return run_protocol(session, prover, progress)

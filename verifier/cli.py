@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--tls-cert", metavar="PEM", help="mutual TLS: the verifier's cert")
     verify.add_argument("--tls-key", metavar="PEM", help="mutual TLS: key of --tls-cert")
     verify.add_argument("--tls-server-name", metavar="NAME", help="TLS: expected server name")
+    verify.add_argument(
+        "--insecure-plaintext",
+        action="store_true",
+        help="allow plain text to a non-loopback prover (refused otherwise): unencrypted and "
+        "unauthenticated, anyone on the path can alter the claim",
+    )
     plan = sub.add_parser("plan", help="print the sizes and guarantee of a run without running it")
     _add_plan_args(plan)
     plan.add_argument(
@@ -293,6 +299,7 @@ def _verify(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_server_name=args.tls_server_name,
+            insecure_plaintext=args.insecure_plaintext,
         )
     finally:
         if progress_ctx is not None:

@@ -7,6 +7,7 @@ client certificate and key are given too.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import grpc
 
 from proto.attribution.v1 import attribution_pb2 as pb
 from proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
-from protocol.addresses import is_loopback_address
+from protocol.addresses import address_host, is_loopback_address
 from protocol.tasks.base import Progress
 from protocol.untrusted import QUOTE_LIMIT, printable
 from verifier.driver import TransportError, run_protocol
@@ -109,7 +110,10 @@ def describe_rpc_error(err: grpc.RpcError, step: str, address: str, timeout_s: f
 
 
 class GrpcTransport:
-    """``ProverTransport`` over a gRPC channel, with a deadline on every call."""
+    """``ProverTransport`` over a gRPC channel, with a deadline on every call.
+
+    Plain text goes only to loopback addresses unless ``insecure_plaintext`` (``ValueError``
+    otherwise, before any connection is made)."""
 
     def __init__(
         self,
@@ -117,6 +121,7 @@ class GrpcTransport:
         timeout_s: float,
         tls: ClientTLS | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        insecure_plaintext: bool = False,
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
@@ -127,9 +132,16 @@ class GrpcTransport:
         ]
         if tls is None:
             if not is_loopback_address(address):
+                if not insecure_plaintext:
+                    raise ValueError(
+                        f"refusing plain-text gRPC to {address}, which is not a loopback "
+                        "address: anyone on the path could read or alter the claim (a "
+                        "man-in-the-middle can halve it and have you certify what the prover "
+                        "never sent). Use --tls-ca, or --insecure-plaintext to accept that risk"
+                    )
                 log.warning(
-                    "connecting to %s over plain-text gRPC: not encrypted, prover not "
-                    "authenticated (use --tls-ca)",
+                    "INSECURE: plain-text gRPC to %s (--insecure-plaintext): not encrypted, "
+                    "prover not authenticated",
                     address,
                 )
             self.channel = grpc.insecure_channel(address, options=options)
@@ -138,6 +150,21 @@ class GrpcTransport:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
             self.channel = grpc.secure_channel(address, tls.credentials(), options=options)
         self.stub = pb_grpc.ProverStub(self.channel)
+
+    def identity(self) -> dict[str, Any]:
+        """Who the verified claim came from, as far as the channel authenticated it: with TLS the
+        server name its certificate was checked against and the SHA-256 of the CA that had to
+        issue it (and whether the verifier presented a client certificate); without TLS only
+        the address, marked unauthenticated."""
+        if self.tls is None:
+            return {"authenticated": False, "transport": "plaintext", "address": self.address}
+        return {
+            "authenticated": True,
+            "transport": "mtls" if self.tls.cert is not None else "tls",
+            "address": self.address,
+            "server_name": self.tls.server_name or address_host(self.address),
+            "ca_sha256": hashlib.sha256(_read_pem(self.tls.ca, "--tls-ca")).hexdigest(),
+        }
 
     def _describe(self, err: grpc.RpcError, step: str) -> str:
         """``describe_rpc_error`` plus a hint about TLS when a handshake probably failed."""
@@ -222,17 +249,30 @@ def run_verification(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     tls_server_name: str | None = None,
+    insecure_plaintext: bool = False,
 ) -> VerificationResult:
     """Run the protocol against the prover at ``address`` over gRPC (see ``run_protocol``).
 
     ``tls`` (or, equivalently, the ``tls_*`` CLI options) selects TLS / mutual TLS; neither means
     plain text, with a warning off loopback. Raises ``ValueError`` for inconsistent options or
-    unreadable TLS files; every transport failure becomes an error verdict (exit 2), never accept.
+    unreadable TLS files, and for plain text to a non-loopback address unless
+    ``insecure_plaintext``; a transport failure is an error verdict (exit 2) before the claim and
+    a reject after it, never accept. ``details["prover_identity"]`` records what the channel
+    authenticated (``GrpcTransport.identity``); certificates sign it with the claim.
     """
     if tls is None:
         tls = tls_from_options(tls_ca, tls_cert, tls_key, tls_server_name)
-    transport = GrpcTransport(address, timeout_s, tls=tls, max_message_bytes=max_message_bytes)
+    transport = GrpcTransport(
+        address,
+        timeout_s,
+        tls=tls,
+        max_message_bytes=max_message_bytes,
+        insecure_plaintext=insecure_plaintext,
+    )
     try:
-        return run_protocol(session, transport, progress)
+        identity = transport.identity()
+        result = run_protocol(session, transport, progress)
+        result.details["prover_identity"] = identity
+        return result
     finally:
         transport.close()
