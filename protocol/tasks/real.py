@@ -703,10 +703,61 @@ def npz_logreg(selector: str, params: dict[str, str]) -> Task:
     return LogisticRegressionTask(selector, "npz", split, dataset_spec=spec, **_logreg_kwargs(tp))
 
 
+#: The most bytes an npz task's arrays may take once decompressed (the full Fashion-MNIST
+#: training set as float64 is 376 MB): a small compressed file cannot make us allocate more.
+MAX_NPZ_BYTES = 1 << 30
+
+
+def check_npz_members(path: Path, limit: int = MAX_NPZ_BYTES) -> None:
+    """Refuse, before decompressing anything, an npz whose members are not ``.npy`` arrays or
+    whose arrays (by the sizes their zip entries and ``.npy`` headers declare) exceed ``limit``
+    bytes together; ``ValueError`` naming the member. Reading then cannot exceed the limit: a
+    zip entry yields at most its declared size, and numpy reads exactly its header's shape."""
+    import zipfile
+
+    where = f"npz task: {str(path)!r}"
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{where} is not an .npz (zip) file: {exc}") from exc
+    with archive:
+        infos = archive.infolist()
+        total_zip = sum(i.file_size for i in infos)
+        if total_zip > limit:
+            raise ValueError(
+                f"{where} decompresses to {total_zip:,} bytes, above the {limit:,} accepted"
+            )
+        total = 0
+        for info in infos:
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"{where}: member {info.filename!r} is not a .npy array")
+            try:
+                with archive.open(info) as fh:
+                    fmt = np.lib.format
+                    version = fmt.read_magic(fh)
+                    read = (
+                        fmt.read_array_header_1_0
+                        if version == (1, 0)
+                        else fmt.read_array_header_2_0
+                    )
+                    shape, _, dtype = read(fh)
+            except Exception as exc:
+                raise ValueError(
+                    f"{where}: member {info.filename!r} is not a readable .npy array: {exc}"
+                ) from exc
+            total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if total > limit:
+                raise ValueError(
+                    f"{where}: its arrays declare more than {limit:,} bytes (member "
+                    f"{info.filename!r} has shape {shape} of {dtype})"
+                )
+
+
 def load_npz_split(path: Path, z: int) -> tuple[datasets.BinarySplit, dict[str, Any]]:
     """Read and validate an npz dataset; raises ``ValueError`` naming the problem."""
     if not path.is_file():
         raise ValueError(f"npz task: file {str(path)!r} does not exist")
+    check_npz_members(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}

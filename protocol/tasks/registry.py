@@ -5,8 +5,12 @@ from __future__ import annotations
 from protocol.tasks.base import Task
 from protocol.tasks.builtin import available_tasks, builtin_factories
 from protocol.tasks.task_file import is_task_file, load_task_file
+from protocol.untrusted import printable
 
-__all__ = ["available_tasks", "load_task", "parse_selector"]
+__all__ = ["MAX_SELECTOR_CHARS", "available_tasks", "load_task", "parse_selector"]
+
+#: The longest task selector accepted (a name and its parameters, or a file path).
+MAX_SELECTOR_CHARS = 4096
 
 
 def parse_selector(selector: str) -> tuple[str, dict[str, str]]:
@@ -38,10 +42,24 @@ def load_task(selector: str) -> Task:
     A selector ending in ``.toml`` or ``.json`` is a task declaration file (see
     ``protocol.tasks.task_file``).
     """
-    if is_task_file(selector):
-        return load_task_file(selector.strip())
-    name, params = parse_selector(selector)
-    factories = builtin_factories()
-    if name not in factories:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(factories))}")
-    return factories[name](selector, params)
+    if len(selector) > MAX_SELECTOR_CHARS:
+        raise ValueError(
+            f"task selector is {len(selector):,} characters long; at most "
+            f"{MAX_SELECTOR_CHARS:,} are accepted"
+        )
+    try:
+        if is_task_file(selector):
+            return load_task_file(selector.strip())
+        name, params = parse_selector(selector)
+        factories = builtin_factories()
+        if name not in factories:
+            raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(factories))}")
+        return factories[name](selector, params)
+    except ValueError:
+        raise
+    except (RecursionError, MemoryError, OSError, LookupError, TypeError, AttributeError) as exc:
+        # bad input must read as bad input (exit 2), never as a crash or a reject
+        raise ValueError(
+            f"cannot load task {printable(selector, 200)}: {type(exc).__name__}: "
+            f"{printable(str(exc), 500)}"
+        ) from exc

@@ -27,6 +27,9 @@ TASK_FILE_SUFFIXES = (".toml", ".json")
 
 _TOP_KEYS = {"task", "params"}
 
+#: The largest declaration file read (a task name and a few parameters need far less).
+MAX_TASK_FILE_BYTES = 64 * 1024
+
 
 def is_task_file(selector: str) -> bool:
     """True when ``selector`` names a declaration file (ends in .toml or .json)."""
@@ -61,7 +64,16 @@ def read_task_file(path: str | Path) -> tuple[str, dict[str, str]]:
     origin = Path(path).expanduser()
     if not origin.is_file():
         raise ValueError(f"task file {str(origin)!r} does not exist")
-    text = origin.read_text(encoding="utf-8")
+    size = origin.stat().st_size
+    if size > MAX_TASK_FILE_BYTES:
+        raise ValueError(
+            f"task file {str(origin)!r} is {size:,} bytes; a declaration is at most "
+            f"{MAX_TASK_FILE_BYTES:,} (the data belongs in the npz file it names)"
+        )
+    try:
+        text = origin.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"task file {str(origin)!r} is not UTF-8 text: {exc}") from exc
     try:
         if origin.suffix.lower() == ".toml":
             doc: Any = tomllib.loads(text)
@@ -70,6 +82,10 @@ def read_task_file(path: str | Path) -> tuple[str, dict[str, str]]:
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(
             f"task file {str(origin)!r} is not valid {origin.suffix[1:]}: {exc}"
+        ) from exc
+    except RecursionError as exc:
+        raise ValueError(
+            f"task file {str(origin)!r} is nested too deeply to be a task declaration"
         ) from exc
     if not isinstance(doc, dict):
         raise ValueError(f"task file {str(origin)!r} must hold a table/object")
