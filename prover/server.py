@@ -113,13 +113,18 @@ def build_server(
 
 
 def serve_forever(
-    server: grpc.Server, grace_s: float = 5.0, on_started: Callable[[], None] | None = None
+    server: grpc.Server,
+    grace_s: float = 5.0,
+    on_started: Callable[[], None] | None = None,
+    on_stopping: Callable[[], None] | None = None,
 ) -> None:
     """Start ``server`` and block until SIGINT or SIGTERM, then stop it gracefully.
 
     Signal handlers are installed before the server starts and before ``on_started`` runs, so a
     signal that arrives as soon as the server is announced still shuts it down cleanly. On
-    shutdown the health service (if any) reports NOT_SERVING before in-flight RPCs drain.
+    shutdown the health service (if any) reports NOT_SERVING and ``on_stopping`` runs (the
+    servicer's cancellation: computations in progress stop within a batch) before in-flight RPCs
+    drain.
     """
     stop = threading.Event()
 
@@ -138,6 +143,8 @@ def serve_forever(
         health = _HEALTH.pop(id(server), None)
         if health is not None:
             health.enter_graceful_shutdown()  # type: ignore[attr-defined]
+        if on_stopping is not None:
+            on_stopping()
         server.stop(grace_s).wait()
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -168,4 +175,4 @@ def run_prover(
         log.info("listening on %s:%d with %s (%s)", host, bound, security, servicer.prover_info)
         print(f"LISTENING {host}:{bound}", flush=True)
 
-    serve_forever(server, on_started=announce)
+    serve_forever(server, on_started=announce, on_stopping=servicer.shutdown.set)

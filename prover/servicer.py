@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -10,9 +11,10 @@ import grpc
 from proto.attribution.v1 import attribution_pb2 as pb
 from proto.attribution.v1 import attribution_pb2_grpc as pb_grpc
 from protocol import PROTOCOL_VERSION
+from protocol.limits import MAX_SESSION_TUPLES
 from protocol.tasks.base import Task, TaskIdentity
 from protocol.untrusted import printable, quote
-from prover.session import ProtocolFault, ProverSession, SessionRegistry
+from prover.session import Cancelled, ProtocolFault, ProverSession, SessionRegistry
 from prover.strategy import HonestStrategy
 
 log = logging.getLogger("prover")
@@ -20,12 +22,31 @@ log = logging.getLogger("prover")
 
 def _abort(context: grpc.ServicerContext, fault: ProtocolFault) -> None:
     message = printable(fault.message, 1_000)
-    log.warning("refused request: %s (%s)", message, fault.code)
+    if isinstance(fault, Cancelled):
+        log.info("stopped a cancelled call: %s", message)
+        if not context.is_active():
+            return  # nobody is listening; the computation has stopped, which is the point
+    else:
+        log.warning("refused request: %s (%s)", message, fault.code)
     context.abort(getattr(grpc.StatusCode, fault.code), message)
 
 
+def client_of(context: grpc.ServicerContext) -> str:
+    """The client's network host (``ipv4:127.0.0.1:5123`` → ``ipv4:127.0.0.1``): the unit the
+    per-client quotas count, whatever port each connection comes from."""
+    peer = context.peer() or "unknown"
+    if peer.startswith("ipv6:"):
+        return peer.rsplit("]:", 1)[0] + "]" if "]:" in peer else peer
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
+
+
 class ProverServicer(pb_grpc.ProverServicer):
-    """Serves one task with one strategy to many concurrent verifier sessions."""
+    """Serves one task with one strategy to many concurrent verifier sessions.
+
+    Every RPC runs under the registry's quotas (``SessionRegistry.use``); its computation stops
+    within a batch once its call is cancelled, its deadline passes, its client disconnects, or
+    ``shutdown`` is set (SIGINT/SIGTERM), and a session whose call was cancelled is forgotten.
+    """
 
     def __init__(
         self,
@@ -38,21 +59,45 @@ class ProverServicer(pb_grpc.ProverServicer):
         self.strategy_factory = strategy_factory
         self.registry = registry if registry is not None else SessionRegistry()
         self.prover_info = prover_info
+        self.shutdown = threading.Event()
+
+    def _cancelled(self, context: grpc.ServicerContext) -> Callable[[], bool]:
+        return lambda: self.shutdown.is_set() or not context.is_active()
+
+    def _stream(
+        self,
+        context: grpc.ServicerContext,
+        session_id: str,
+        call: Callable[[ProverSession], Iterator],
+        tuples: int = 0,
+    ) -> Iterator:
+        """Run one streaming call of a session under its quotas; faults become statuses."""
+        try:
+            with self.registry.use(session_id, tuples) as session:
+                try:
+                    yield from call(session)
+                except Cancelled:
+                    self.registry.remove(session.id)
+                    raise
+        except ProtocolFault as fault:
+            _abort(context, fault)
 
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:  # noqa: N802
-        """Compare task identities before anything else and open a session."""
+        """Compare task identities before anything else and open a session (cheap: nothing is
+        computed until the Claim, and an unfinished Hello is dropped after a short TTL)."""
+        client = client_of(context)
         try:
             if request.protocol_version != PROTOCOL_VERSION:
                 raise ProtocolFault(
                     "FAILED_PRECONDITION",
-                    f"protocol version {request.protocol_version!r} not supported; "
+                    f"protocol version {quote(request.protocol_version)} not supported; "
                     f"this prover speaks {PROTOCOL_VERSION!r}",
                 )
             theirs = TaskIdentity.from_message(request.task)
             mismatch = self.task.identity().mismatch(theirs)
             if mismatch:
                 raise ProtocolFault("FAILED_PRECONDITION", mismatch)
-            session = ProverSession(self.task, self.strategy_factory(), request)
+            session = ProverSession(self.task, self.strategy_factory(), request, client=client)
             self.registry.add(session)
         except ProtocolFault as fault:
             _abort(context, fault)
@@ -60,7 +105,7 @@ class ProverServicer(pb_grpc.ProverServicer):
         log.info(
             "session %s: hello from %s, task %s",
             session.id[:8],
-            context.peer(),
+            quote(context.peer()),
             quote(request.task.selector),
         )
         return session.hello_reply(self.prover_info)
@@ -69,18 +114,14 @@ class ProverServicer(pb_grpc.ProverServicer):
         self, request: pb.ClaimRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ClaimChunk]:
         """Stream the attribution (c, a) and its digest."""
-        try:
-            session = self.registry.get(request.session_id)
-            yield from session.claim(request)
-        except ProtocolFault as fault:
-            _abort(context, fault)
+        return self._stream(context, request.session_id, lambda s: s.claim(request))
 
     def Commit(  # noqa: N802
         self, request: pb.ChallengeRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.CommitChunk]:
-        """Stream one challenge round's f-values and its Merkle root."""
-        try:
-            session = self.registry.get(request.session_id)
+        """Stream one challenge round's f-values and its Merkle root (cancellable)."""
+
+        def call(session: ProverSession) -> Iterator[pb.CommitChunk]:
             log.info(
                 "session %s: challenge round of %d tuples from tuple %d, rho = %.4g",
                 session.id[:8],
@@ -88,43 +129,36 @@ class ProverServicer(pb_grpc.ProverServicer):
                 request.first_tuple,
                 request.rho,
             )
-            yield from session.commit(request)
-        except ProtocolFault as fault:
-            _abort(context, fault)
+            return session.commit(request, self._cancelled(context))
+
+        tuples = min(int(request.num_tuples), MAX_SESSION_TUPLES + 1)
+        return self._stream(context, request.session_id, call, tuples)
 
     def Open(self, request: pb.OpenRequest, context: grpc.ServicerContext) -> Iterator[pb.Opening]:  # noqa: N802
         """Stream openings for the revealed spot-check set."""
-        try:
-            session = self.registry.get(request.session_id)
-            yield from session.open(request)
-        except ProtocolFault as fault:
-            _abort(context, fault)
+        return self._stream(context, request.session_id, lambda s: s.open(request))
 
     def OpenAll(  # noqa: N802
         self, request: pb.OpenAllRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.OpeningBatch]:
         """Stream every member of one round with its weights (certified checks)."""
-        try:
-            session = self.registry.get(request.session_id)
-            yield from session.open_all(request)
-        except ProtocolFault as fault:
-            _abort(context, fault)
+        return self._stream(context, request.session_id, lambda s: s.open_all(request))
 
     def SupplyModels(  # noqa: N802
         self, request: pb.ModelsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.SuppliedModel]:
-        """Stream the trained models of the verifier's revealed MSE sample."""
-        try:
-            session = self.registry.get(request.session_id)
-            yield from session.supply_models(request)
-        except ProtocolFault as fault:
-            _abort(context, fault)
+        """Stream the trained models of the verifier's revealed MSE sample (cancellable)."""
+        return self._stream(
+            context,
+            request.session_id,
+            lambda s: s.supply_models(request, self._cancelled(context)),
+        )
 
     def Finish(self, request: pb.FinishRequest, context: grpc.ServicerContext) -> pb.FinishReply:  # noqa: N802
         """Close a session, returning the prover's transcript hash."""
         try:
-            session = self.registry.get(request.session_id)
-            reply = session.finish(request)
+            with self.registry.use(request.session_id) as session:
+                reply = session.finish(request)
         except ProtocolFault as fault:
             _abort(context, fault)
             raise

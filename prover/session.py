@@ -10,7 +10,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 
 import numpy as np
@@ -19,20 +20,27 @@ from proto.attribution.v1 import attribution_pb2 as pb
 from protocol import PROTOCOL_VERSION
 from protocol.challenges import ChallengeRound, ChallengeSpec, PrivateSample
 from protocol.claim import claim_digest
-from protocol.tasks.base import Task
+from protocol.limits import (
+    HELLO_TTL_S,
+    MAX_CALLS_PER_SESSION,
+    MAX_GREETED_PER_CLIENT,
+    MAX_MODELS_PER_CALL,
+    MAX_SESSION_MODELS,
+    MAX_SESSION_TUPLES,
+    MAX_SESSIONS_PER_CLIENT,
+    MAX_TUPLES_IN_FLIGHT_PER_CLIENT,
+)
+from protocol.tasks.base import Progress, Task
 from protocol.transcript import Transcript
+from protocol.untrusted import quote
 from prover.strategy import Answers, HonestStrategy
 
 log = logging.getLogger("prover")
 
-#: Upper bound on the coupled tuples all rounds of one session may cover (4 members each);
-#: weights of that many models are kept in a disk-backed array
-#: (``prover.strategy.WEIGHTS_IN_MEMORY_BYTES``).
-MAX_TUPLES = 8_000_000
-#: Largest slice of the MSE sample one SupplyModels call may ask for.
-MAX_MODELS_PER_CALL = 65_536
 #: Values per streamed chunk, keeping each message far below gRPC's size limit.
 CHUNK_VALUES = 65_536
+#: Models trained per step of a SupplyModels call (the call is cancellable between steps).
+SUPPLY_STEP = 1_024
 
 
 class ProtocolFault(Exception):
@@ -42,6 +50,32 @@ class ProtocolFault(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class Cancelled(ProtocolFault):
+    """The RPC was cancelled, its deadline passed, its client left, or the server is stopping:
+    its computation stopped at the next batch boundary."""
+
+    def __init__(self, message: str = "the call was cancelled; its computation stopped") -> None:
+        super().__init__("CANCELLED", message)
+
+
+#: Returns True once the computation should stop (see :class:`Cancelled`).
+CancelCheck = Callable[[], bool]
+
+
+def cancellable(cancelled: CancelCheck | None) -> Progress | None:
+    """A progress callback that raises :class:`Cancelled` once ``cancelled()`` is true. The
+    retraining loops call it at every batch (``progress(0)`` at a batch's start), so a cancelled
+    computation stops within one batch."""
+    if cancelled is None:
+        return None
+
+    def check(_count: int) -> None:
+        if cancelled():
+            raise Cancelled()
+
+    return check
 
 
 class State(Enum):
@@ -61,10 +95,15 @@ class ProverSession:
     are certified) and SupplyModels calls, then at most one Open (spot checks), then Finish.
     """
 
-    def __init__(self, task: Task, strategy: HonestStrategy, hello: pb.HelloRequest) -> None:
+    def __init__(
+        self, task: Task, strategy: HonestStrategy, hello: pb.HelloRequest, client: str = ""
+    ) -> None:
         self.id = uuid.uuid4().hex
         self.task = task
         self.strategy = strategy
+        self.client = client
+        self.calls = 0
+        self.busy = 0  # RPCs of this session in progress: a busy session never expires
         self.state = State.GREETED
         self.rounds: list[Answers] = []
         self._opened_rounds: set[int] = set()
@@ -78,6 +117,16 @@ class ProverSession:
 
     def _touch(self) -> None:
         self.last_activity = time.monotonic()
+
+    def count_call(self) -> None:
+        """Count one RPC of this session; ``RESOURCE_EXHAUSTED`` past the per-session quota."""
+        with self.lock:
+            self.calls += 1
+            if self.calls > MAX_CALLS_PER_SESSION:
+                raise ProtocolFault(
+                    "RESOURCE_EXHAUSTED",
+                    f"a session may make at most {MAX_CALLS_PER_SESSION} calls",
+                )
 
     def hello_reply(self, prover_info: str) -> pb.HelloReply:
         """The reply to Hello: our task identity and the new session id."""
@@ -134,11 +183,14 @@ class ProverSession:
         self._touch()
 
     # ---- challenge rounds ---------------------------------------------------------------------
-    def commit(self, request: pb.ChallengeRequest) -> Iterator[pb.CommitChunk]:
+    def commit(
+        self, request: pb.ChallengeRequest, cancelled: CancelCheck | None = None
+    ) -> Iterator[pb.CommitChunk]:
         """Answer one challenge round: stream its f-values, then the Merkle root of its leaves.
 
         The round is computed and committed before the first chunk is sent, so nothing sent
-        later can depend on anything the verifier reveals afterwards.
+        later can depend on anything the verifier reveals afterwards. Once ``cancelled()`` turns
+        true the computation stops within one batch (:class:`Cancelled`).
         """
         with self.lock:
             if self.state not in (State.CLAIMED, State.COMMITTING):
@@ -150,7 +202,7 @@ class ProverSession:
             self.transcript.append_message("v2p", request)
             self._touch()
             started = time.monotonic()
-            answers = self.strategy.answer(rnd)
+            answers = self.strategy.answer(rnd, cancellable(cancelled))
             self.rounds.append(answers)
             self.state = State.COMMITTING
             log.info(
@@ -179,11 +231,11 @@ class ProverSession:
                 f"round must start at tuple {expected_first}, got {request.first_tuple}",
             )
         end = int(request.first_tuple) + int(request.num_tuples)
-        if request.num_tuples < 1 or end > MAX_TUPLES:
+        if request.num_tuples < 1 or end > MAX_SESSION_TUPLES:
             raise ProtocolFault(
                 "INVALID_ARGUMENT",
-                f"a session's rounds may cover at most {MAX_TUPLES} tuples; this round asks for "
-                f"{request.num_tuples} from tuple {request.first_tuple}",
+                f"a session's rounds may cover at most {MAX_SESSION_TUPLES} tuples; this round "
+                f"asks for {request.num_tuples} from tuple {request.first_tuple}",
             )
         if self._seed is not None and (
             bytes(request.public_seed) != self._seed or float(request.rho) != self._rho
@@ -332,11 +384,15 @@ class ProverSession:
             yield msg
         self._touch()
 
-    def supply_models(self, request: pb.ModelsRequest) -> Iterator[pb.SuppliedModel]:
-        """Train and stream the models of the verifier's revealed MSE sample M.
+    def supply_models(
+        self, request: pb.ModelsRequest, cancelled: CancelCheck | None = None
+    ) -> Iterator[pb.SuppliedModel]:
+        """Train and stream the models of the verifier's revealed MSE sample M, 1,024 at a time
+        (cancellable between and within steps).
 
         Allowed after the claim: the attribution was fixed before the prover could learn
-        anything about M, and M never enters the challenge rounds.
+        anything about M, and M never enters the challenge rounds. At most
+        ``MAX_MODELS_PER_CALL`` per call and ``MAX_SESSION_MODELS`` per session.
         """
         with self.lock:
             if self.state in (State.GREETED, State.FINISHED):
@@ -352,33 +408,42 @@ class ProverSession:
                 raise ProtocolFault(
                     "INVALID_ARGUMENT", f"count must be in [1, {MAX_MODELS_PER_CALL}]"
                 )
-            if request.first + request.count > MAX_TUPLES:
-                raise ProtocolFault("OUT_OF_RANGE", f"sample index beyond {MAX_TUPLES}")
+            if request.first + request.count > MAX_SESSION_MODELS:
+                raise ProtocolFault("OUT_OF_RANGE", f"sample index beyond {MAX_SESSION_MODELS}")
+            if self.models_supplied + request.count > MAX_SESSION_MODELS:
+                raise ProtocolFault(
+                    "RESOURCE_EXHAUSTED",
+                    f"a session may ask for at most {MAX_SESSION_MODELS} supplied models",
+                )
+            self.models_supplied += int(request.count)  # reserved before any work is done
             self.transcript.append_message("v2p", request)
             self._touch()
         stop = int(request.first + request.count)
         sample = PrivateSample(
             bytes(request.sample_key), stop, self.task.num_train_points, self.task.p
         )
-        indices = np.arange(int(request.first), stop)
-        try:
-            weights = self.strategy.supply_models(sample.masks(indices))
-        except ValueError as exc:
-            raise ProtocolFault("FAILED_PRECONDITION", str(exc)) from exc
-        self.models_supplied += len(indices)
+        progress = cancellable(cancelled)
+        for lo in range(int(request.first), stop, SUPPLY_STEP):
+            if progress is not None:
+                progress(0)
+            indices = np.arange(lo, min(stop, lo + SUPPLY_STEP))
+            try:
+                weights = self.strategy.supply_models(sample.masks(indices), progress)
+            except ValueError as exc:
+                raise ProtocolFault("FAILED_PRECONDITION", str(exc)) from exc
+            for index, w in zip(indices.tolist(), weights, strict=True):
+                msg = pb.SuppliedModel(
+                    index=index, weights=np.ascontiguousarray(w, dtype="<f8").tobytes()
+                )
+                self.transcript.append_message("p2v", msg)
+                yield msg
+            self._touch()
         log.info(
             "session %s: supplied %d models of the revealed MSE sample (%d so far)",
             self.id[:8],
-            len(indices),
+            int(request.count),
             self.models_supplied,
         )
-        for index, w in zip(indices.tolist(), weights, strict=True):
-            msg = pb.SuppliedModel(
-                index=index, weights=np.ascontiguousarray(w, dtype="<f8").tobytes()
-            )
-            self.transcript.append_message("p2v", msg)
-            yield msg
-        self._touch()
 
     def finish(self, request: pb.FinishRequest) -> pb.FinishReply:
         """Record the verifier's verdict and return the prover's transcript hash."""
@@ -391,30 +456,70 @@ class ProverSession:
         log.info(
             "session %s: finished, verifier says %s; transcripts %s",
             self.id[:8],
-            request.verdict or "(no verdict)",
+            quote(request.verdict, 40) if request.verdict else "(no verdict)",
             "agree" if match else "differ",
         )
         return reply
 
 
 class SessionRegistry:
-    """Live sessions by id, bounded in number and expiring after ``ttl_s`` of inactivity."""
+    """Live sessions by id, bounded in number globally and per client, expiring when idle.
 
-    def __init__(self, max_sessions: int = 16, ttl_s: float = 600.0) -> None:
+    Guarantees: a session with an RPC in progress (``use``) never expires; a session still
+    between Hello and Claim is forgotten after ``hello_ttl_s``, and a client's further Hello
+    beyond ``max_greeted_per_client`` such sessions, or any Hello while the registry is full,
+    evicts the oldest of them (unfinished Hellos cost the server nothing to drop, so they cannot
+    lock anyone out); one client holds at most ``max_per_client`` sessions and has at most
+    ``max_tuples_in_flight`` challenge tuples being computed at once.
+    """
+
+    def __init__(
+        self,
+        max_sessions: int = 16,
+        ttl_s: float = 600.0,
+        *,
+        hello_ttl_s: float = HELLO_TTL_S,
+        max_per_client: int = MAX_SESSIONS_PER_CLIENT,
+        max_greeted_per_client: int = MAX_GREETED_PER_CLIENT,
+        max_tuples_in_flight: int = MAX_TUPLES_IN_FLIGHT_PER_CLIENT,
+    ) -> None:
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
+        self.hello_ttl_s = hello_ttl_s
+        self.max_per_client = max_per_client
+        self.max_greeted_per_client = max_greeted_per_client
+        self.max_tuples_in_flight = max_tuples_in_flight
         self._sessions: dict[str, ProverSession] = {}
+        self._in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def add(self, session: ProverSession) -> None:
-        """Register a session; raises ``ProtocolFault(RESOURCE_EXHAUSTED)`` when full."""
+        """Register a session; ``ProtocolFault(RESOURCE_EXHAUSTED)`` when its client holds its
+        quota of sessions, or when the registry is full of sessions past their Hello."""
         with self._lock:
             self._expire_locked()
-            if len(self._sessions) >= self.max_sessions:
+            mine = [v for v in self._sessions.values() if v.client == session.client]
+            greeted = [v for v in mine if v.state is State.GREETED and not v.busy]
+            if len(greeted) >= self.max_greeted_per_client:
+                self._evict_locked(greeted[0], "its client opened another")
+                mine.remove(greeted[0])
+            if len(mine) >= self.max_per_client:
                 raise ProtocolFault(
                     "RESOURCE_EXHAUSTED",
-                    f"prover is serving its maximum of {self.max_sessions} sessions; retry later",
+                    f"this client already holds {len(mine)} sessions, the most one client may "
+                    "hold; finish one or retry later",
                 )
+            if len(self._sessions) >= self.max_sessions:
+                idle = [
+                    v for v in self._sessions.values() if v.state is State.GREETED and not v.busy
+                ]
+                if not idle:
+                    raise ProtocolFault(
+                        "RESOURCE_EXHAUSTED",
+                        f"prover is serving its maximum of {self.max_sessions} sessions; "
+                        "retry later",
+                    )
+                self._evict_locked(idle[0], "the prover is full and it never sent its Claim")
             self._sessions[session.id] = session
 
     def get(self, session_id: str) -> ProverSession:
@@ -425,9 +530,39 @@ class SessionRegistry:
         if session is None:
             raise ProtocolFault(
                 "NOT_FOUND",
-                f"unknown or expired session {session_id[:16]!r} (the prover may have restarted)",
+                f"unknown or expired session {quote(session_id[:16])} (the prover may have "
+                "restarted)",
             )
         return session
+
+    @contextmanager
+    def use(self, session_id: str, tuples: int = 0) -> Iterator[ProverSession]:
+        """The session for the length of one RPC: counted against its call quota, marked busy
+        (so it cannot expire under its client) and, for a Commit, with its ``tuples`` counted
+        against the client's tuples in flight (``RESOURCE_EXHAUSTED`` beyond them)."""
+        session = self.get(session_id)
+        session.count_call()
+        with self._lock:
+            flying = self._in_flight.get(session.client, 0)
+            if tuples and flying + tuples > self.max_tuples_in_flight:
+                raise ProtocolFault(
+                    "RESOURCE_EXHAUSTED",
+                    f"this client already has {flying} challenge tuples being computed; at "
+                    f"most {self.max_tuples_in_flight} may be at once",
+                )
+            self._in_flight[session.client] = flying + tuples
+            session.busy += 1
+        try:
+            yield session
+        finally:
+            with self._lock:
+                session.busy -= 1
+                session.last_activity = time.monotonic()
+                left = self._in_flight.get(session.client, 0) - tuples
+                if left > 0:
+                    self._in_flight[session.client] = left
+                else:
+                    self._in_flight.pop(session.client, None)
 
     def remove(self, session_id: str) -> None:
         """Forget a session (idempotent)."""
@@ -438,8 +573,19 @@ class SessionRegistry:
         with self._lock:
             return len(self._sessions)
 
+    def _evict_locked(self, session: ProverSession, why: str) -> None:
+        log.info("session %s: dropped before its Claim: %s", session.id[:8], why)
+        del self._sessions[session.id]
+
     def _expire_locked(self) -> None:
         now = time.monotonic()
-        for sid in [s for s, v in self._sessions.items() if now - v.last_activity > self.ttl_s]:
-            log.info("session %s: expired after %.0fs idle", sid[:8], self.ttl_s)
-            del self._sessions[sid]
+        for sid, v in list(self._sessions.items()):
+            if v.busy:
+                continue
+            idle = now - v.last_activity
+            if v.state is State.GREETED and idle > self.hello_ttl_s:
+                log.info("session %s: no Claim within %.0fs of Hello; dropped", sid[:8], idle)
+                del self._sessions[sid]
+            elif idle > self.ttl_s:
+                log.info("session %s: expired after %.0fs idle", sid[:8], self.ttl_s)
+                del self._sessions[sid]

@@ -107,6 +107,13 @@ def trains_weights(task: Task) -> bool:
     return callable(getattr(task, "train", None)) and callable(getattr(task, "outputs", None))
 
 
+def _checkpoint(progress: Progress | None) -> None:
+    """A batch boundary: ``progress(0)`` lets a cancellable caller stop the work here
+    (``prover.session.cancellable`` raises from it)."""
+    if progress is not None:
+        progress(0)
+
+
 class ChallengeRetrainer:
     """Retrains challenge members in batches; optionally through a resumable result store."""
 
@@ -132,7 +139,10 @@ class ChallengeRetrainer:
         (task, member subset, member seed).
         """
         if self.stall_s > 0:  # fault injection (tests): a prover that stalls mid-protocol
-            time.sleep(self.stall_s)
+            until = time.monotonic() + self.stall_s
+            while time.monotonic() < until:
+                _checkpoint(progress)
+                time.sleep(min(0.1, max(0.0, until - time.monotonic())))
         spec = rnd.spec
         if trains_weights(self.task):
             return self._retrain_keeping_weights(rnd, progress)
@@ -141,6 +151,7 @@ class ChallengeRetrainer:
         seeds_all: list[np.ndarray] = []
         trained = 0
         for indices, masks, seeds in spec.iter_member_batches(self.batch_size, rnd.first_member):
+            _checkpoint(progress)
             if self.store is not None:
                 origins = [f"challenge:{spec.public_seed.hex()}:{int(i)}" for i in indices]
                 result = self.store.retrain_cached(  # type: ignore[attr-defined]
@@ -168,6 +179,7 @@ class ChallengeRetrainer:
         digests: list[bytes] = []
         seeds_all = np.empty(n, dtype=np.uint64)
         for indices, masks, seeds in spec.iter_member_batches(self.batch_size, first):
+            _checkpoint(progress)
             w, _norms = self.task.train(masks, progress)  # type: ignore[attr-defined]
             w = np.asarray(w, dtype=np.float64)
             f = self.task.outputs(w)  # type: ignore[attr-defined]

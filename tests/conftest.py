@@ -123,7 +123,7 @@ def digits_z2_attribution():
 E2E_MODULES = frozenset(
     {
         *("test_e2e", "test_adversaries_e2e", "test_faults"),
-        *("test_limits", "test_tls", "test_precompute", "test_api"),
+        *("test_limits", "test_tls", "test_precompute", "test_api", "test_hostile_client"),
     }
 )
 #: Modules whose tests assert rates or bounds over fixed-seed trials.

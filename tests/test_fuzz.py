@@ -41,10 +41,11 @@ from hypothesis import strategies as st
 from proto.attribution.v1 import attribution_pb2 as pb
 from protocol import PROTOCOL_VERSION
 from protocol.accounting import plan_manual
+from protocol.limits import MAX_SESSION_TUPLES as MAX_TUPLES
 from protocol.tasks.synthetic import SyntheticTask
 from prover.server import build_server
 from prover.servicer import ProverServicer
-from prover.session import MAX_TUPLES, ProtocolFault, ProverSession, SessionRegistry
+from prover.session import ProtocolFault, ProverSession, SessionRegistry
 from prover.strategy import Attribution, HonestStrategy
 from simulations.inprocess import InProcessTransport
 from verifier.driver import TransportError, run_protocol

@@ -45,8 +45,11 @@ def _hello(task_selector: str = TASK) -> pb.HelloRequest:
 def test_sessions_exhausted_is_an_error_then_expire(prover_factory) -> None:
     prover = prover_factory("--task", TASK, "--max-sessions", "1", "--session-ttl", str(TTL_S))
     with grpc.insecure_channel(prover.address) as channel:
-        # Hold the only session: say Hello and never Finish.
-        pb_grpc.ProverStub(channel).Hello(_hello(), timeout=10)
+        # Hold the only session: say Hello, take the Claim and never Finish (a session still at
+        # its Hello would be dropped for a newcomer: unfinished Hellos lock nobody out).
+        stub = pb_grpc.ProverStub(channel)
+        sid = stub.Hello(_hello(), timeout=10).session_id
+        list(stub.Claim(pb.ClaimRequest(session_id=sid), timeout=10))
         held_at = time.monotonic()
         with pytest.raises(grpc.RpcError) as info:
             pb_grpc.ProverStub(channel).Hello(_hello(), timeout=10)
@@ -86,7 +89,7 @@ def test_oversized_request_is_resource_exhausted() -> None:
     assert "larger than max" in info.value.details()
 
 
-def test_oversized_reply_makes_the_verifier_error(prover_factory) -> None:
+def test_oversized_reply_after_the_claim_is_a_reject(prover_factory) -> None:
     prover = prover_factory("--task", TASK)
     task = load_task(TASK)
     plan = plan_manual(
@@ -97,8 +100,10 @@ def test_oversized_reply_makes_the_verifier_error(prover_factory) -> None:
     session = VerifierSession(task, plan, selector=TASK, checks=CheckMode.RETRAIN)
     # The verifier accepts at most 4 KiB per message; the commitment comes in 64 KiB chunks.
     result = run_verification(session, prover.address, timeout_s=30, max_message_bytes=4096)
-    assert result.verdict == "error", result.reason
-    assert result.exit_code == 2
+    # the claim fits; the commitment does not, and comes after the claim: a reject
+    assert result.verdict == "reject", result.reason
+    assert result.exit_code == 1
+    assert result.details["aborted_after_commit"] is True
     assert "RESOURCE_EXHAUSTED" in result.reason
     assert "larger than max" in result.reason
 

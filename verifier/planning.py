@@ -16,6 +16,7 @@ import numpy as np
 from protocol.accounting import Plan, plan_manual, plan_theory
 from protocol.certify import supports_certified_checks
 from protocol.decision import datamodel_predictions
+from protocol.limits import MAX_SESSION_MODELS, MAX_SESSION_TUPLES
 from protocol.rules.base import CheckMode, RuleName
 from protocol.rules.practical import (
     DEFAULT_MSE_CAP,
@@ -37,9 +38,10 @@ from protocol.tasks.base import Task
 
 #: Above this many local retrainings the verifier refuses to start and says so.
 MAX_LOCAL_RETRAININGS = 10_000_000
-#: Largest |E| a run will ask for: 4 × the prover's tuple limit (prover.session.MAX_TUPLES); the
-#: verifier holds |E|·Z float64 f-values (about 2.6 GB at Z = 10).
-MAX_MEMBERS = 4 * 8_000_000
+#: Largest |E| a run will ask for: 4 × the protocol's tuple limit
+#: (protocol.limits.MAX_SESSION_TUPLES); the verifier holds |E|·Z float64 f-values (1.6 GB at
+#: Z = 10).
+MAX_MEMBERS = 4 * MAX_SESSION_TUPLES
 
 
 @dataclass(frozen=True)
@@ -101,10 +103,16 @@ def make_verifier_plan(options: PlanOptions, task: Task) -> tuple[PracticalPlan 
         raise ValueError("give --epsilon or --epsilon-rel, not both")
     checks = resolve_checks(options.checks, task)
     if options.mode is RuleName.PRACTICAL:
-        if options.max_mse_samples < 2:
-            raise ValueError("--max-mse-samples must be at least 2")
-        if options.max_tuples < 0:
-            raise ValueError("--max-tuples must be >= 0")
+        if not 2 <= options.max_mse_samples <= MAX_SESSION_MODELS:
+            raise ValueError(
+                f"--max-mse-samples must be in [2, {MAX_SESSION_MODELS}] (the protocol's "
+                "per-session limit on supplied models)"
+            )
+        if not 0 <= options.max_tuples <= MAX_SESSION_TUPLES:
+            raise ValueError(
+                f"--max-tuples must be in [0, {MAX_SESSION_TUPLES}] (the protocol's per-session "
+                "limit on challenge tuples)"
+            )
         epsilon = None if options.epsilon_rel is not None else (options.epsilon or 0.2)
         plan = make_plan(
             delta=delta,
