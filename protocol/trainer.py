@@ -272,6 +272,24 @@ class LogisticDesign:
         return self._references[key]
 
 
+def weighted_optimum(design: LogisticDesign, weight: float, l2: float, tol: float) -> np.ndarray:
+    """argmin_w (weight/N) Σ_i log(1 + exp(−y_i wᵀx̃_i)) + (λ/2)‖w‖² by exact damped Newton on
+    the CPU to ‖∇‖ ≤ ``tol``: the expected objective of a subset drawn with p = ``weight`` (the
+    centre of influence-function claims). A pure function of (design, weight, λ, tol)."""
+    weights = torch.full((1, design.num_points), float(weight), dtype=torch.float64)
+    w, _ = _solve_batch(
+        design,
+        weights,
+        None,
+        l2=float(l2),
+        tol=float(tol),
+        max_iter=200,
+        device=torch.device("cpu"),
+        stats=NewtonStats(),
+    )
+    return w[0].numpy().copy()
+
+
 def _logistic_parts(
     X: torch.Tensor, y: torch.Tensor, w: torch.Tensor, m: torch.Tensor, *, l2: float, n: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

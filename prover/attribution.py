@@ -13,12 +13,15 @@ from prover.strategy import Attribution
 log = logging.getLogger("prover")
 
 
-def default_num_samples(task: Task) -> int:
-    """Regression samples used when the user does not say: 20 per training point (≥ 2,000).
+def default_num_samples(task: Task, method: str = "auto") -> int:
+    """Samples used when the user does not say: for a regression 20 per training point
+    (≥ 2,000) — with OLS, err(c, a) is about B_{>=2} * N / K, so K = 20 N puts the honest error
+    near 5% of the residual weight; for an influence claim (``if-mean``) the 512 that calibrate
+    it, whatever N."""
+    from prover.influence import CALIBRATION_SAMPLES, INFLUENCE_METHODS
 
-    With OLS, err(c, a) is about B_{>=2} * N / K, so K = 20 N puts the honest error near 5% of the
-    residual weight.
-    """
+    if method in INFLUENCE_METHODS:
+        return CALIBRATION_SAMPLES
     return max(2_000, 20 * task.num_train_points)
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from protocol.tasks import load_task
+from prover.datamodel import CLAIM_METHODS
 from prover.precompute import DEFAULT_SAMPLE_SEED
 from prover.store import DEFAULT_STORE
 
@@ -29,7 +30,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=DEFAULT_STORE, help="SQLite result store (resumable)")
     p.add_argument("--samples", type=int, default=None, help="datamodel regression samples")
     p.add_argument("--sample-seed", type=_sample_seed, default=DEFAULT_SAMPLE_SEED)
-    p.add_argument("--method", default="auto", choices=["auto", "ols", "ridge", "lasso"])
+    p.add_argument(
+        "--method",
+        default="auto",
+        choices=CLAIM_METHODS,
+        help="how the claim is made: a regression on the samples (auto, ols, ridge, lasso) or "
+        "if-mean, the influence function at the mean model calibrated on 512 samples "
+        "(logistic-regression tasks; prover/influence.py)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -86,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _attribution(args: argparse.Namespace, task: object):  # type: ignore[no-untyped-def]
     from prover.attribution import default_num_samples, fit_attribution
 
-    samples = args.samples if args.samples is not None else default_num_samples(task)  # type: ignore[arg-type]
+    samples = (
+        args.samples if args.samples is not None else default_num_samples(task, args.method)  # type: ignore[arg-type]
+    )
     if samples < 1:
         raise ValueError(f"--samples must be positive, got {samples}")
     return fit_attribution(

@@ -27,6 +27,9 @@ from typing import Any
 import numpy as np
 
 METHODS = ("ols", "ridge", "lasso", "auto")
+#: Every way the prover can make its claim: the regressions here and the influence claims of
+#: ``prover.influence``.
+CLAIM_METHODS = (*METHODS, "if-mean")
 #: Ridge grid, as λ/K (per-sample penalty).
 RIDGE_GRID = np.logspace(-4, 3, 36)
 LASSO_NUM_ALPHAS = 30

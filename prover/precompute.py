@@ -28,6 +28,7 @@ import numpy as np
 from protocol.jsonable import json_default
 from protocol.progress import retraining_progress
 from protocol.tasks.base import Task
+from prover.datamodel import CLAIM_METHODS
 from prover.store import ResultStore
 
 log = logging.getLogger("prover")
@@ -127,8 +128,13 @@ def precompute(
     t1 = time.monotonic()
 
     from prover.datamodel import fit_datamodel
+    from prover.influence import INFLUENCE_METHODS, fit_influence
 
-    model = fit_datamodel(np.concatenate(masks_parts), np.concatenate(f_parts), method=method)
+    all_masks, all_f = np.concatenate(masks_parts), np.concatenate(f_parts)
+    if method in INFLUENCE_METHODS:  # the samples only calibrate an influence claim
+        model = fit_influence(task, method, all_masks, all_f)
+    else:
+        model = fit_datamodel(all_masks, all_f, method=method)
     store.save_datamodel(
         task_hash,
         DATAMODEL_NAME,
@@ -192,7 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="hex seed the samples are derived from (default: 32 zero bytes)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=256, help="models per batch")
-    p.add_argument("--method", default="auto", choices=["auto", "ols", "ridge", "lasso"])
+    p.add_argument(
+        "--method",
+        default="auto",
+        choices=CLAIM_METHODS,
+        help="how the claim is made: a regression on the samples (auto, ols, ridge, lasso) or "
+        "if-mean, the influence function at the mean model calibrated on 512 samples "
+        "(logistic-regression tasks; prover/influence.py)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     return p

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from prover.datamodel import CLAIM_METHODS
+
 log = logging.getLogger("simulations")
 
 #: The quick grid at ε = 0.2 on synthetic n = 100 (B_1 = 0.8, B≥2 = 0.2): every adversary at
@@ -83,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--honest-samples fresh retrainings",
     )
     serve.add_argument("--samples", type=int, default=None, help="with --store: its samples")
+    serve.add_argument(
+        "--method",
+        default="auto",
+        choices=CLAIM_METHODS,
+        help="with --store: how the honest claim is made, as for `prover serve --method`",
+    )
     serve.add_argument("--session-ttl", type=float, default=600.0, metavar="SECONDS")
     serve.add_argument("--no-progress", action="store_true")
     serve.add_argument("--host", default="127.0.0.1")
@@ -184,9 +192,11 @@ def _serve(args: argparse.Namespace) -> int:
         from prover.attribution import default_num_samples, fit_attribution
         from prover.precompute import DEFAULT_SAMPLE_SEED
 
-        samples = args.samples if args.samples is not None else default_num_samples(task)
+        samples = (
+            args.samples if args.samples is not None else default_num_samples(task, args.method)
+        )
         attribution = fit_attribution(
-            task, args.store, samples, DEFAULT_SAMPLE_SEED,
+            task, args.store, samples, DEFAULT_SAMPLE_SEED, method=args.method,
             progress=not args.no_progress,
         )  # fmt: skip
     else:

@@ -15,10 +15,15 @@ TaskFactory = Callable[[str, dict[str, str]], Task]
 
 def builtin_factories() -> dict[str, TaskFactory]:
     """Every built-in task's factory by name; a factory raises ``ValueError`` on bad parameters."""
+    from protocol.tasks.fashion_probe import FACTORIES as FASHION_PROBE_FACTORIES
     from protocol.tasks.real import REAL_TASK_FACTORIES
     from protocol.tasks.synthetic import SyntheticTask
 
-    return {"synthetic": SyntheticTask.from_params, **REAL_TASK_FACTORIES}
+    return {
+        "synthetic": SyntheticTask.from_params,
+        **REAL_TASK_FACTORIES,
+        **FASHION_PROBE_FACTORIES,
+    }
 
 
 def available_tasks() -> list[str]:

