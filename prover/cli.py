@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from protocol.tasks import load_task
+from protocol.tasks import load_task_on
 from prover.datamodel import CLAIM_METHODS
 from prover.precompute import DEFAULT_SAMPLE_SEED
 from prover.store import DEFAULT_STORE
@@ -39,6 +39,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "(logistic-regression tasks; prover/influence.py)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where retraining runs: auto (CUDA when available), cpu, cuda or cuda:I; results "
+        "are the same function of (task, subset, seed) on each (docs/retraining.md)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +147,7 @@ def _serve(args: argparse.Namespace) -> int:
     from prover.server import run_prover
 
     credentials = _transport_credentials(args)
-    task = load_task(args.task)
+    task = load_task_on(args.task, args.device)
     log.info(
         "task %s: N=%d, Z=%d, hash %s",
         args.task,
@@ -170,7 +176,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _precompute(args: argparse.Namespace) -> int:
-    task = load_task(args.task)
+    task = load_task_on(args.task, args.device)
     attribution = _attribution(args, task)
     print(
         f"datamodel ready: {attribution.method} on {attribution.num_samples} samples, "

@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(logistic-regression tasks; prover/influence.py)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     return p
 
@@ -223,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        from protocol.tasks import load_task
+        from protocol.tasks import load_task_on
 
-        task = load_task(args.task)
+        task = load_task_on(args.task, args.device)
         with ResultStore(args.store) as store:
             report = precompute(
                 task,

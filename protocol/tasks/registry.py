@@ -7,7 +7,7 @@ from protocol.tasks.builtin import available_tasks, builtin_factories
 from protocol.tasks.task_file import is_task_file, load_task_file
 from protocol.untrusted import printable
 
-__all__ = ["MAX_SELECTOR_CHARS", "available_tasks", "load_task", "parse_selector"]
+__all__ = ["MAX_SELECTOR_CHARS", "available_tasks", "load_task", "load_task_on", "parse_selector"]
 
 #: The longest task selector accepted (a name and its parameters, or a file path).
 MAX_SELECTOR_CHARS = 4096
@@ -63,3 +63,22 @@ def load_task(selector: str) -> Task:
             f"cannot load task {printable(selector, 200)}: {type(exc).__name__}: "
             f"{printable(str(exc), 500)}"
         ) from exc
+
+
+def load_task_on(selector: str, device: str = "auto") -> Task:
+    """``load_task`` with retraining placed on ``device`` (``auto``: CUDA when available; ``cpu``;
+    ``cuda[:i]``). The device is not part of the task identity: results are the same function
+    of (task, subset, seed) on each. ``ValueError`` for an unknown or unavailable device, or a
+    task that has no device to choose (its retraining is closed-form on the CPU)."""
+    task = load_task(selector)
+    if device == "auto":
+        return task
+    from protocol.trainer import resolve_device
+
+    chosen = resolve_device(device)
+    if not hasattr(task, "device"):
+        if chosen.type != "cpu":
+            raise ValueError(f"task {task.name!r} retrains on the CPU only; --device {device}")
+        return task
+    task.device = str(chosen)  # type: ignore[attr-defined]
+    return task
