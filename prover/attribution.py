@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,7 @@ def fit_attribution(
     sample_seed: bytes,
     method: str = "auto",
     progress: bool = True,
+    pool: Any | None = None,
 ) -> Attribution:
     """Retrain ``num_samples`` seeded B_p subsets (resumably, via the store) and fit a datamodel.
 
@@ -43,7 +45,9 @@ def fit_attribution(
     from prover.store import ResultStore
 
     store = ResultStore(store_path)
-    report = precompute(task, store, num_samples, sample_seed, progress=progress, method=method)
+    report = precompute(
+        task, store, num_samples, sample_seed, progress=progress, method=method, pool=pool
+    )
     model = store.load_datamodel(task.identity().task_hash, "default")
     log.info(
         "datamodel: %s on %d samples (%d retrained now, %d reused from %s)",

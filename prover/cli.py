@@ -40,6 +40,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="retrain on a Ray cluster: ADDRESS of `ray start --head`, or none for a local "
+        "one (needs the extra: pip install -e '.[ray]')",
+    )
+    p.add_argument(
         "--device",
         default="auto",
         help="where retraining runs: auto (CUDA when available), cpu, cuda or cuda:I; results "
@@ -112,7 +120,17 @@ def _attribution(args: argparse.Namespace, task: object):  # type: ignore[no-unt
         args.sample_seed,
         method=args.method,
         progress=not args.no_progress,
+        pool=_pool(args),
     )
+
+
+def _pool(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The Ray pool ``--ray`` asks for (one per process), or None."""
+    if getattr(args, "_pool", None) is None and args.ray is not None:
+        from prover.ray_pool import pool_from_option
+
+        args._pool = pool_from_option(args.ray)
+    return getattr(args, "_pool", None)
 
 
 def _transport_credentials(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -158,7 +176,12 @@ def _serve(args: argparse.Namespace) -> int:
     attribution = _attribution(args, task)
 
     servicer = honest_servicer(
-        task, attribution, args.max_sessions, args.session_ttl, args.stall_before_commit
+        task,
+        attribution,
+        args.max_sessions,
+        args.session_ttl,
+        args.stall_before_commit,
+        pool=_pool(args),
     )
     security = "plain text"
     if credentials is not None:

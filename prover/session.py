@@ -32,7 +32,7 @@ from protocol.limits import (
 )
 from protocol.tasks.base import Progress, Task
 from protocol.transcript import Transcript
-from protocol.untrusted import quote
+from protocol.untrusted import printable, quote
 from prover.strategy import Answers, HonestStrategy
 
 log = logging.getLogger("prover")
@@ -456,7 +456,7 @@ class ProverSession:
         log.info(
             "session %s: finished, verifier says %s; transcripts %s",
             self.id[:8],
-            quote(request.verdict, 40) if request.verdict else "(no verdict)",
+            printable(request.verdict, 40) if request.verdict else "(no verdict)",
             "agree" if match else "differ",
         )
         return reply

@@ -411,8 +411,12 @@ class ResultStore:
         *,
         batch_size: int = 256,
         progress: Progress | None = None,
+        pool: Any | None = None,
     ) -> RetrainResult:
         """Return ``task.retrain(masks, seeds)``, retraining only rows the store lacks.
+
+        With ``pool`` (a ``prover.ray_pool.RayPool``) the missing rows are retrained on its
+        cluster in its chunks, and each chunk is committed as soon as it comes back.
 
         Missing rows are retrained in batches of ``batch_size``; each finished batch is committed
         before the next starts, so a kill loses at most the batch in flight. Rows are returned in
@@ -448,9 +452,19 @@ class ResultStore:
             else:
                 first[key] = int(i)
         todo = np.fromiter(first.values(), dtype=np.int64, count=len(first))
-        for start in range(0, len(todo), batch_size):
-            idx = todo[start : start + batch_size]
-            out = task.retrain(masks[idx], seeds[idx], progress=progress)
+
+        def batches() -> Iterator[tuple[np.ndarray, RetrainResult]]:
+            if pool is not None:
+                for rows, out in pool.retrain_chunks(task.selector, masks[todo], seeds[todo]):
+                    if progress is not None:
+                        progress(len(rows))
+                    yield todo[rows], out
+                return
+            for start in range(0, len(todo), batch_size):
+                idx = todo[start : start + batch_size]
+                yield idx, task.retrain(masks[idx], seeds[idx], progress=progress)
+
+        for idx, out in batches():
             out_f = np.asarray(out.f, dtype=np.float64)
             if out_f.shape != (len(idx), z):
                 raise ValueError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -123,11 +124,14 @@ class ChallengeRetrainer:
         store: object | None = None,
         batch_size: int = 1024,
         stall_s: float = 0.0,
+        pool: Any | None = None,
     ) -> None:
         self.task = task
         self.store = store
         self.batch_size = batch_size
         self.stall_s = stall_s
+        #: a ``prover.ray_pool.RayPool``: member batches retrain on its cluster
+        self.pool = pool
 
     def retrain(
         self, rnd: ChallengeRound, progress: Progress | None = None
@@ -144,6 +148,8 @@ class ChallengeRetrainer:
                 _checkpoint(progress)
                 time.sleep(min(0.1, max(0.0, until - time.monotonic())))
         spec = rnd.spec
+        if self.pool is not None:
+            return self._retrain_on_pool(rnd, progress)
         if trains_weights(self.task):
             return self._retrain_keeping_weights(rnd, progress)
         fs: list[np.ndarray] = []
@@ -166,6 +172,41 @@ class ChallengeRetrainer:
             seeds_all.append(np.asarray(seeds, dtype=np.uint64))
         merged = RetrainResult(f=np.concatenate(fs, axis=0), weights_digests=digests)
         return merged, np.concatenate(seeds_all), trained
+
+    def _retrain_on_pool(
+        self, rnd: ChallengeRound, progress: Progress | None
+    ) -> tuple[RetrainResult, np.ndarray, int]:
+        """The round's member batches on the Ray pool, placed by index as they finish (the
+        same values as in-process: each is a pure function of (task, subset, seed))."""
+        spec, first, n = rnd.spec, rnd.first_member, rnd.num_members
+        keep = trains_weights(self.task)
+        f_all: np.ndarray | None = None
+        w_all: np.ndarray | None = None
+        digests: list[bytes] = [b""] * n
+        seeds_all = np.empty(n, dtype=np.uint64)
+        batches = (
+            ((int(idx[0]) - first, int(idx[-1]) + 1 - first, seeds), masks, seeds)
+            for idx, masks, seeds in spec.iter_member_batches(self.batch_size, first)
+        )
+        assert self.pool is not None
+        for (lo, hi, seeds), out in self.pool.map_batches(
+            self.task.selector, batches, weights=keep
+        ):
+            _checkpoint(progress)
+            f = np.asarray(out.f, dtype=np.float64)
+            if f_all is None:
+                f_all = np.empty((n, f.shape[1]), dtype=np.float64)
+            f_all[lo:hi] = f
+            if keep:
+                w = np.asarray(out.weights, dtype=np.float64)
+                if w_all is None:
+                    w_all = weights_buffer(n, w.shape[1])
+                w_all[lo:hi] = w
+            digests[lo:hi] = [bytes(d) for d in out.weights_digests]
+            seeds_all[lo:hi] = seeds
+        assert f_all is not None
+        result = RetrainResult(f=f_all, weights_digests=digests, weights=w_all)
+        return result, seeds_all, n
 
     def _retrain_keeping_weights(
         self, rnd: ChallengeRound, progress: Progress | None
@@ -270,5 +311,20 @@ class HonestStrategy:
         """
         if not trains_weights(self.task):
             raise ValueError(f"task {self.task.name!r} does not expose trained weights")
+        pool = self.retrainer.pool
+        if pool is not None:
+            out = np.empty((len(masks), 0))
+            seeds = np.zeros(len(masks), dtype=np.uint64)
+            batches = (
+                ((lo, lo + pool.chunk), masks[lo : lo + pool.chunk], seeds[lo : lo + pool.chunk])
+                for lo in range(0, len(masks), pool.chunk)
+            )
+            for (lo, hi), res in pool.map_batches(self.task.selector, batches, weights=True):
+                _checkpoint(progress)
+                w = np.asarray(res.weights, dtype=np.float64)
+                if out.shape[1] != w.shape[1]:
+                    out = np.empty((len(masks), w.shape[1]))
+                out[lo:hi] = w
+            return out
         weights, _norms = self.task.train(masks, progress)  # type: ignore[attr-defined]
         return np.asarray(weights, dtype=np.float64)

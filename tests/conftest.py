@@ -124,7 +124,7 @@ E2E_MODULES = frozenset(
     {
         *("test_e2e", "test_adversaries_e2e", "test_faults"),
         *("test_limits", "test_tls", "test_precompute", "test_api", "test_hostile_client"),
-        "test_scale_e2e",
+        *("test_scale_e2e", "test_ray"),
     }
 )
 #: Modules whose tests assert rates or bounds over fixed-seed trials.

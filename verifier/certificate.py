@@ -15,6 +15,7 @@ import math
 import os
 import stat
 import tempfile
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,9 @@ class CertificateError(ValueError):
 def jsonable(obj: Any) -> Any:
     """A copy of ``obj`` made of dict/list/str/int/float/bool/None only.
 
-    numpy arrays and scalars become lists and Python numbers, bytes become hex, tuples become
-    lists, and non-finite floats become ``None`` (JSON has no NaN); dict keys become strings.
+    numpy arrays and scalars become lists and Python numbers, bytes become hex, enums their
+    values, tuples become lists, and non-finite floats become ``None`` (JSON has no NaN); dict
+    keys become strings.
     """
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
@@ -58,6 +60,8 @@ def jsonable(obj: Any) -> Any:
         return jsonable(obj.item())
     if isinstance(obj, bytes):
         return obj.hex()
+    if isinstance(obj, Enum):  # RuleName, CheckMode, Verdict: their wire names
+        return jsonable(obj.value)
     if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
         return obj
     if isinstance(obj, float):
