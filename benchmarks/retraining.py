@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="rounds; the best of each side counts")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument(
+        "--ray",
+        action="store_true",
+        help="also time the same models on a local Ray cluster with 1 and 2 workers",
+    )
     args = ap.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -159,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         },
     }
+    if args.ray:
+        out["ray"] = ray_throughput(args.task, masks, batched)
     if args.json:
         print(json.dumps(out))
         return 0
@@ -184,7 +191,34 @@ def main(argv: list[str] | None = None) -> int:
         f"(exact Newton {out['exact_newton_steps_per_model']:.2f}), "
         f"max ‖∇L‖ {out['max_grad_norm']:.2e}"
     )
+    for row in out.get("ray", []):
+        print(
+            f"ray, {row['workers']} worker(s): {row['models_per_s']:.1f} models/s "
+            f"({row['vs_in_process']:.2f}x the in-process batched trainer)"
+        )
     return 0
+
+
+def ray_throughput(selector: str, masks: np.ndarray, in_process: float) -> list[dict[str, float]]:
+    """Models/s of ``masks`` retrained through ``prover.ray_pool`` on a local cluster with 1 and
+    2 workers (after one warm-up chunk each, so task loading is not timed)."""
+    from prover.ray_pool import RayPool
+
+    seeds = np.zeros(len(masks), dtype=np.uint64)
+    rows = []
+    for workers in (1, 2):
+        pool = RayPool(num_cpus=workers, chunk=256)
+        try:
+            for _ in pool.retrain_chunks(selector, masks[: 256 * workers], seeds[: 256 * workers]):
+                pass
+            t0 = time.perf_counter()
+            for _ in pool.retrain_chunks(selector, masks, seeds):
+                pass
+            rate = len(masks) / (time.perf_counter() - t0)
+        finally:
+            pool.shutdown()
+        rows.append({"workers": workers, "models_per_s": rate, "vs_in_process": rate / in_process})
+    return rows
 
 
 if __name__ == "__main__":
