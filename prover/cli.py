@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from protocol.tasks import load_task_on
+from prover.claim_file import Basis
 from prover.datamodel import CLAIM_METHODS
 from prover.precompute import DEFAULT_SAMPLE_SEED
 from prover.store import DEFAULT_STORE
@@ -100,8 +101,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="fault injection for tests: sleep this long before answering each challenge",
     )
+    serve.add_argument(
+        "--attribution",
+        metavar="FILE",
+        help="serve this claim (c, a) instead of fitting one: .npz (intercepts, coefficients), "
+        ".npy or .csv with one row per target of N coefficients then the intercept; challenges "
+        "are still answered honestly by retraining (prover/claim_file.py)",
+    )
+    serve.add_argument(
+        "--attribution-basis",
+        choices=[b.value for b in Basis],
+        default=Basis.PM1.value,
+        help="what the file's coefficients multiply: pm1 (x = 2·mask − 1, the protocol's) or "
+        "mask (the 0/1 indicator most tools export)",
+    )
     pre = sub.add_parser("precompute", help="retrain and fit the datamodel ahead of any session")
     _add_common(pre)
+    pre.add_argument(
+        "--export-attribution",
+        metavar="FILE",
+        help="also write the claim to FILE (.npz with the task hash, .npy or .csv)",
+    )
     return parser
 
 
@@ -173,7 +193,13 @@ def _serve(args: argparse.Namespace) -> int:
         task.num_targets,
         task.identity().task_hash[:16],
     )
-    attribution = _attribution(args, task)
+    if args.attribution:
+        from prover.claim_file import load_attribution_file
+
+        attribution = load_attribution_file(args.attribution, task, args.attribution_basis)
+        log.info("claim: %s (%d targets × %d)", attribution.method, *attribution.coefficients.shape)
+    else:
+        attribution = _attribution(args, task)
 
     servicer = honest_servicer(
         task,
@@ -205,6 +231,12 @@ def _precompute(args: argparse.Namespace) -> int:
         f"datamodel ready: {attribution.method} on {attribution.num_samples} samples, "
         f"stored in {Path(args.store).resolve()}"
     )
+    if args.export_attribution:
+        from prover.claim_file import save_attribution_file
+
+        print(
+            f"claim written to {save_attribution_file(args.export_attribution, attribution, task)}"
+        )
     return 0
 
 

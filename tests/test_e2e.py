@@ -160,3 +160,34 @@ def test_real_task_honest_accepted_and_scaled_rejected(prover_factory) -> None:
             assert out["spot_check"]["certified_models"] == certified
         else:
             assert out["spot_check"]["max_abs_diff"] <= 1e-6
+
+
+def test_a_claim_from_a_file_is_judged_like_any_other(prover_factory, tmp_path) -> None:
+    """prover serve --attribution FILE (issue #18): the honest OLS claim exported by precompute
+    is accepted at ε = 0.1·Var f; the same file with a scaled by 0.5 (err ≈ 0.24·Var f) is
+    rejected."""
+    import numpy as np
+
+    from protocol.tasks import load_task
+    from prover.claim_file import load_attribution_file, save_attribution_file
+
+    task_sel = "digits-logreg:z=1"
+    honest = tmp_path / "honest.npz"
+    out = subprocess.run(
+        [sys.executable, "-m", "prover.cli", "precompute", "--task", task_sel,
+         "--store", str(tmp_path / "s.sqlite3"), "--no-progress",
+         "--export-attribution", str(honest)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    task = load_task(task_sel)
+    att = load_attribution_file(honest, task)
+    att.coefficients[:] = 0.5 * np.asarray(att.coefficients)
+    scaled = save_attribution_file(tmp_path / "scaled.csv", att, task)
+    args = ["--task", task_sel, "--epsilon-rel", "0.1", "--timeout", "120"]
+    prover = prover_factory("--task", task_sel, "--attribution", str(honest))
+    rc, res = run_verifier(prover.address, *args)
+    assert (rc, res["verdict"]) == (0, "accept"), res["reason"]
+    prover = prover_factory("--task", task_sel, "--attribution", str(scaled))
+    rc, res = run_verifier(prover.address, *args)
+    assert (rc, res["verdict"]) == (1, "reject"), res["reason"]
