@@ -87,6 +87,8 @@ def verify_at(selector: str, workdir: Path, epsilon_rel: float, delta: float) ->
         proc.terminate()
         proc.wait(timeout=60)
     d = result.details
+    if "verifier_cost" not in d:
+        raise RuntimeError(f"the run at {selector} ended in {result.verdict}: {result.reason}")
     return {
         "verdict": result.verdict,
         "guarantee_met": bool(d.get("guarantee_met")),

@@ -34,7 +34,7 @@ from protocol.tasks.base import Task
 from protocol.tasks.real import LogisticRegressionTask
 
 #: Unit roundoff of float64 (2⁻⁵³).
-UNIT_ROUNDOFF = 2.0**-53
+UNIT_ROUNDOFF = trainer.UNIT_ROUNDOFF
 
 #: Bound on the float64 temporaries of one gradient-pass chunk (several (chunk, N) arrays).
 CERTIFY_TEMP_MAX_BYTES = 8 * 2**20
@@ -179,30 +179,13 @@ def supports_certified_checks(task: Task) -> bool:
     return isinstance(task, LogisticRegressionTask) and bool(task.l2 > 0 and np.isfinite(task.l2))
 
 
-def _gamma(n: int) -> float:
-    """γ_n = n·u / (1 − n·u), the classical bound on relative rounding of an n-term sum."""
-    nu = n * UNIT_ROUNDOFF
-    return nu / (1.0 - nu)
-
-
 def _rounding_slack(
     task: LogisticRegressionTask, weight_norms: np.ndarray, grad_norms: np.ndarray
 ) -> np.ndarray:
-    """Worst-case float64 error of the computed ‖∇L_S(w)‖₂ (standard rounding model), doubled.
-
-    With R = max_i ‖x̃_i‖₂, the data term (1/N)Σ m_i σ_i y_i x̃_i has error ≤ R·(γ_N + δσ) where
-    δσ ≤ γ_{d}·‖w‖·R/4 + 4u bounds the sigmoid's error (margin rounding times σ' ≤ 1/4, plus a few
-    ulps for the sigmoid itself); the λw term adds u·λ‖w‖ and the norm itself γ_{d+2}·‖g‖.
-    """
+    """``trainer.gradient_rounding_slack`` for this task's design (one home for the formula)."""
     n, d = task.design.num_points, task.design.dim
     r = float(np.max(np.linalg.norm(task.design.X, axis=1))) if n else 0.0
-    dsig = _gamma(d) * weight_norms * r / 4.0 + 4.0 * UNIT_ROUNDOFF
-    slack = (
-        r * (_gamma(n + 2) + dsig)
-        + UNIT_ROUNDOFF * task.l2 * weight_norms
-        + _gamma(d + 2) * grad_norms
-    )
-    return 2.0 * slack
+    return trainer.gradient_rounding_slack(n, d, r, task.l2, weight_norms, grad_norms)
 
 
 def _gradient_norms(

@@ -35,6 +35,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -270,6 +271,35 @@ class LogisticDesign:
                 curvature=curvature.clamp(min=0.0).numpy().copy(),
             )
         return self._references[key]
+
+
+#: float64 unit roundoff u.
+UNIT_ROUNDOFF = 2.0**-53
+
+
+def _gamma(n: int) -> float:
+    """γ_n = n·u / (1 − n·u), the classical bound on relative rounding of an n-term sum."""
+    nu = n * UNIT_ROUNDOFF
+    return nu / (1.0 - nu)
+
+
+def gradient_rounding_slack(
+    n: int, d: int, max_row_norm: float, l2: float, weight_norms: Any, grad_norms: Any
+) -> Any:
+    """Worst-case float64 error of a computed ‖∇L_S(w)‖₂ (standard rounding model), doubled.
+
+    With R = max_i ‖x̃_i‖₂, the data term (1/N)Σ m_i σ_i y_i x̃_i has error ≤ R·(γ_N + δσ) where
+    δσ ≤ γ_{d}·‖w‖·R/4 + 4u bounds the sigmoid's error (margin rounding times σ' ≤ 1/4, plus a few
+    ulps for the sigmoid itself); the λw term adds u·λ‖w‖ and the norm itself γ_{d+2}·‖g‖.
+    It grows with N (γ_N ≈ N·u): at N = 60,000 it is about 1e-11·R.
+    """
+    dsig = _gamma(d) * weight_norms * max_row_norm / 4.0 + 4.0 * UNIT_ROUNDOFF
+    slack = (
+        max_row_norm * (_gamma(n + 2) + dsig)
+        + UNIT_ROUNDOFF * l2 * weight_norms
+        + _gamma(d + 2) * grad_norms
+    )
+    return 2.0 * slack
 
 
 def weighted_optimum(design: LogisticDesign, weight: float, l2: float, tol: float) -> np.ndarray:

@@ -70,3 +70,21 @@ def test_mlp_variant_on_the_same_features() -> None:
     f = task.retrain(np.ones((2, 300), bool), np.array([1, 2], np.uint64)).f
     assert f.shape == (2, 2)
     assert np.all(np.abs(f) <= task.output_bound)
+
+
+def test_at_n_60000_tau_covers_the_rounding_floor_and_honest_models_certify() -> None:
+    """At N = 60,000 the worst-case float64 error of the verifier's gradient pass alone bounds
+    f only within ~2e-6, above the default τ = 1e-6, and an honest model was rejected there.
+    The task now takes the next 1-2-5 τ above 4× that floor (it is in the spec and the hash)."""
+    from protocol.certify import certify_models
+
+    task = load_task("fashion-mnist-probe:pair=0-rest,n=60000,z=2,dim=64")
+    assert task.rounding_floor > 0.25e-6  # the default τ would not have covered it
+    assert task.tolerance >= 4 * task.rounding_floor
+    assert task.spec()["tolerance"] == task.tolerance
+    masks = np.random.default_rng(0).random((2, 60_000)) < task.p
+    weights, _ = task.train(masks)
+    report = certify_models(task, weights, masks)
+    assert report.certified().all(), report.f_error_bound
+    small = load_task("fashion-mnist-probe:n=1000,z=2,dim=64")
+    assert small.tolerance == 1e-6  # small N keeps the default (and its task hash)

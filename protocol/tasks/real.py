@@ -258,6 +258,7 @@ class LogisticRegressionTask(_RealTask):
         center: str = "auto",
         scale: str = DEFAULT_LOGREG_SCALE,
         dataset_spec: dict[str, Any],
+        tau_given: bool = True,
     ) -> None:
         super().__init__(selector, name, split, p=p, bound=bound, dataset_spec=dataset_spec)
         self.l2 = float(l2)
@@ -271,6 +272,7 @@ class LogisticRegressionTask(_RealTask):
         if scale not in ("auto", "none"):
             raise ValueError(f"task {name!r}: scale must be auto or none, got {scale!r}")
         self._tau = float(tau)
+        self._tau_given = tau_given
         self.center_rule = center
         self.scale_rule = scale
         self.center = np.zeros(self.num_targets)
@@ -291,11 +293,39 @@ class LogisticRegressionTask(_RealTask):
                     )
                 if not self._tol_given:
                     self.tol = self._default_tol()
+        floor = self.rounding_floor
+        if not self._tau_given and not self._tol_given and floor > 0.25 * self._tau:
+            # large N: the float64 rounding of the verifier's gradient pass (γ_N ≈ N·u) would
+            # eat the default τ; take the next 1-2-5 step that leaves honest models certified
+            self._tau = _next_125(4.0 * floor)
+            self.tol = self._default_tol()
         if self.certified_disagreement > self._tau:
             raise ValueError(
                 f"task {name!r}: tol={self.tol:g} only certifies f within "
                 f"{self.certified_disagreement:.3g} > tau={self._tau:g}; lower tol or raise tau"
             )
+        if self.certified_disagreement / 2.0 + floor > self._tau:
+            raise ValueError(
+                f"task {name!r}: at N = {self.num_train_points} the float64 rounding of a "
+                f"certified check alone bounds f only within {floor:.3g}, so tau={self._tau:g} "
+                "cannot certify an honest model; raise tau (or leave it at its default)"
+            )
+
+    @property
+    def rounding_floor(self) -> float:
+        """The part of the verifier's certified bound on |f − f*| that no optimiser can remove
+        (the bound is Lip/λ·(‖∇‖ + slack)): max_t Lip_t/λ times the worst-case float64 error of
+        its gradient pass
+        (``trainer.gradient_rounding_slack``) for weights of norm ≤ √(2·log 2/λ) + tol/λ (every
+        optimum has (λ/2)‖w*‖² ≤ L_S(0) ≤ log 2). Negligible at N = 347; about 1e-6 at N = 60,000.
+        """
+        r = float(np.max(np.linalg.norm(self.design.X, axis=1)))
+        w = float(np.sqrt(2.0 * np.log(2.0) / self.l2) + self.tol / self.l2)
+        slack = trainer.gradient_rounding_slack(
+            self.design.num_points, self.design.dim, r, self.l2, w, self.tol
+        )
+        lip = float(np.max(self.output_lipschitz))
+        return lip * float(slack) / self.l2 * (1.0 + 8.0 * trainer.UNIT_ROUNDOFF)
 
     def _default_tol(self) -> float:
         """min(DEFAULT_TOL, τλ/(4·max_t Lip_t)): two retrainings then agree within τ/2."""
@@ -503,6 +533,15 @@ def _round_significant(values: np.ndarray, digits: int) -> np.ndarray:
     return out
 
 
+def _next_125(x: float) -> float:
+    """The smallest of 1, 2, 5 × 10^k that is ≥ x (a τ that reads well in a spec)."""
+    k = math.floor(math.log10(x))
+    for m in (1.0, 2.0, 5.0, 10.0):
+        if m * 10.0**k >= x * (1 - 1e-12):
+            return float(f"{m * 10.0**k:.0e}")
+    return 10.0 ** (k + 1)
+
+
 def _logreg_kwargs(tp: TaskParams) -> dict[str, Any]:
     tau = tp.float("tau", DEFAULT_TAU, lo=0.0)
     return {
@@ -511,6 +550,7 @@ def _logreg_kwargs(tp: TaskParams) -> dict[str, Any]:
         "l2": tp.float("l2", DEFAULT_L2, lo=0.0),
         "tol": tp.float("tol", 0.0, lo=0.0) if "tol" in tp.params else None,
         "tau": tau,
+        "tau_given": "tau" in tp.params,
         "max_iter": tp.int("max_iter", DEFAULT_MAX_ITER, lo=1),
         "center": tp.str("center", "auto"),
         "scale": tp.str("scale", DEFAULT_LOGREG_SCALE),
