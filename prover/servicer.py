@@ -131,7 +131,9 @@ class ProverServicer(pb_grpc.ProverServicer):
             )
             return session.commit(request, self._cancelled(context))
 
-        tuples = min(int(request.num_tuples), MAX_SESSION_TUPLES + 1)
+        # an over-limit round is refused by the session itself (INVALID_ARGUMENT, the protocol's
+        # limit), not counted against the client's tuples in flight
+        tuples = int(request.num_tuples) if request.num_tuples <= MAX_SESSION_TUPLES else 0
         return self._stream(context, request.session_id, call, tuples)
 
     def Open(self, request: pb.OpenRequest, context: grpc.ServicerContext) -> Iterator[pb.Opening]:  # noqa: N802
