@@ -139,3 +139,17 @@ def test_sigterm_during_a_commit_stops_the_server_within_seconds(tmp_path) -> No
     assert rc == 0
     assert elapsed < 3.0, f"SIGTERM took {elapsed:.1f} s to stop the server"
     assert "server stopped" in p.log()
+
+
+def test_a_round_beyond_the_session_limit_is_invalid_argument(prover) -> None:
+    """The protocol's limit answers it (INVALID_ARGUMENT), not the tuples-in-flight quota."""
+    with grpc.insecure_channel(prover.address) as channel:
+        stub = pb_grpc.ProverStub(channel)
+        sid = _claimed(stub)
+        request = pb.ChallengeRequest(
+            session_id=sid, public_seed=os.urandom(32), num_tuples=6_000_000, rho=0.25
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Commit(request, timeout=30))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 5000000 tuples" in info.value.details()
