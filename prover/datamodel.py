@@ -29,7 +29,10 @@ import numpy as np
 METHODS = ("ols", "ridge", "lasso", "auto")
 #: Every way the prover can make its claim: the regressions here and the influence claims of
 #: ``prover.influence``.
-CLAIM_METHODS = (*METHODS, "if-mean")
+CLAIM_METHODS = (
+    *METHODS,
+    *("if-mean", "if-full", "if-mean-raw", "rif", "rif-mean", "ns", "empirical-influence"),
+)
 #: Ridge grid, as λ/K (per-sample penalty).
 RIDGE_GRID = np.logspace(-4, 3, 36)
 LASSO_NUM_ALPHAS = 30

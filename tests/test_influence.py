@@ -91,3 +91,53 @@ def test_calibrated_claim_is_close_to_the_best_linear_fit_on_digits() -> None:
 def test_if_mean_refuses_tasks_that_are_not_logistic_regression() -> None:
     with pytest.raises(ValueError, match="logistic-regression"):
         if_mean(load_task("synthetic:n=20"))
+
+
+def test_if_full_is_one_newton_step_from_the_full_data_model(tiny) -> None:
+    from prover.influence import centred_influence
+
+    task = tiny
+    c, a, _ = centred_influence(task, "full", rescale=False)
+    X, y, n, lam = task.design.X, task.design.y, task.num_train_points, task.l2
+    w_hat = trainer.weighted_optimum(task.design, 1.0, lam, tol=1e-12)
+    s = 1.0 / (1.0 + np.exp(y * (X @ w_hat)))
+    h_full = (X.T * (s * (1 - s) / n)) @ X + lam * np.eye(X.shape[1])
+    v = _numeric_gradient(task, w_hat)
+    f_hat = task.outputs(w_hat)[0]
+    for m in np.random.default_rng(2).random((10, n)) < task.p:
+        grad = -((m * s * y) @ X) / n + lam * w_hat
+        direct = f_hat + v @ -np.linalg.solve(h_full, grad)
+        np.testing.assert_allclose(c + a @ (2.0 * m - 1.0), direct, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["rif", "ns"])
+def test_rif_equals_leave_one_out_newton_steps_summed(tiny, method: str) -> None:
+    """β_i (= 2a_i) is the change of f when point i leaves the full data, by one Newton step on
+    L − ℓ_i/N from ŵ with that objective's own Hessian, computed here point by point."""
+    task = tiny
+    masks = np.ones((1, task.num_train_points), bool)
+    model = fit_influence(task, method, masks, task.retrain(masks, np.zeros(1, np.uint64)).f)
+    X, y, n, lam = task.design.X, task.design.y, task.num_train_points, task.l2
+    w_hat = trainer.weighted_optimum(task.design, 1.0, lam, tol=1e-12)
+    s = 1.0 / (1.0 + np.exp(y * (X @ w_hat)))
+    h_full = (X.T * (s * (1 - s) / n)) @ X + lam * np.eye(X.shape[1])
+    v = _numeric_gradient(task, w_hat)
+    for i in range(n):
+        h_minus = h_full - np.outer(X[i], X[i]) * s[i] * (1 - s[i]) / n
+        grad_i = -s[i] * y[i] * X[i]  # ∇ℓ_i(ŵ)
+        step = np.linalg.solve(h_minus, grad_i) / n  # w_{−i} − ŵ
+        np.testing.assert_allclose(-2.0 * model.coefficients[:, i], v @ step, atol=1e-9)
+
+
+def test_empirical_influence_recovers_a_linear_function_over_every_subset() -> None:
+    from itertools import product
+
+    from prover.influence import empirical_influence
+
+    rng = np.random.default_rng(5)
+    a, c = rng.normal(size=(2, 8)), rng.normal(size=2)
+    masks = np.array(list(product([False, True], repeat=8)))  # all 256 subsets: p = 1/2 exactly
+    f = c + (2.0 * masks - 1.0) @ a.T
+    c_hat, a_hat, _ = empirical_influence(masks, f, 0.5)
+    np.testing.assert_allclose(a_hat, a, atol=1e-12)
+    np.testing.assert_allclose(c_hat, c, atol=1e-12)
