@@ -47,8 +47,9 @@ def honest_servicer(
 class Prover:
     """An honest prover server run from Python.
 
-    ``start()`` retrains ``samples`` seeded subsets (resumably, in ``store``), fits the datamodel,
-    binds ``host:port`` (``port=0`` picks a free one) and serves in background threads; it
+    ``start()`` retrains ``samples`` seeded subsets (resumably, in ``store``), fits the datamodel
+    by ``method`` (or serves ``attribution`` as given, e.g. from ``prover.claim_file``), binds
+    ``host:port`` (``port=0`` picks a free one) and serves in background threads; it
     returns the address a verifier dials. ``stop()`` (or leaving the ``with`` block) stops it.
     Plain text is refused on a non-loopback host unless ``credentials`` give TLS.
     """
@@ -67,9 +68,10 @@ class Prover:
         max_sessions: int = 16,
         credentials: grpc.ServerCredentials | None = None,
         progress: bool = False,
+        attribution: Attribution | None = None,
     ) -> None:
         self.task = load_task(task) if isinstance(task, str) else task
-        self.samples = default_num_samples(self.task) if samples is None else samples
+        self.samples = default_num_samples(self.task, method) if samples is None else samples
         if self.samples < 1:
             raise ValueError(f"samples must be positive, got {self.samples}")
         check_plaintext_policy(host, credentials is not None, insecure_plaintext=False)
@@ -78,15 +80,17 @@ class Prover:
         self._max_sessions, self._credentials, self._progress = max_sessions, credentials, progress
         self._server: grpc.Server | None = None
         self.address: str | None = None
-        self.attribution: Attribution | None = None
+        #: the claim served; given, it is served as is (no samples are retrained for it)
+        self.attribution: Attribution | None = attribution
 
     def start(self) -> str:
         """Fit (or load) the datamodel and start serving; returns ``host:port``."""
         if self._server is not None:
             raise RuntimeError("this prover is already serving")
-        self.attribution = fit_attribution(
-            self.task, self._store, self.samples, self._seed, self._method, self._progress
-        )
+        if self.attribution is None:
+            self.attribution = fit_attribution(
+                self.task, self._store, self.samples, self._seed, self._method, self._progress
+            )
         servicer = honest_servicer(self.task, self.attribution, self._max_sessions)
         server, port = build_server(
             servicer, self._host, self._port, self._workers, credentials=self._credentials

@@ -152,8 +152,8 @@ def fit_influence(task: Task, method: str, masks: np.ndarray, f: np.ndarray) -> 
     Deterministic given its inputs."""
     if method not in INFLUENCE_METHODS:
         raise ValueError(f"unknown influence method {method!r}; choose {INFLUENCE_METHODS}")
-    f = np.asarray(f, dtype=np.float64).reshape(len(masks), -1)
-    x = 2.0 * np.asarray(masks, dtype=np.float64) - 1.0
+    f = np.asarray(f, dtype=np.float64).reshape(len(masks), task.num_targets)
+    x = 2.0 * np.asarray(masks, dtype=np.float64).reshape(len(masks), task.num_train_points) - 1.0
     if method == "empirical-influence":
         c, a, diag = empirical_influence(masks, f, float(task.p))
     else:

@@ -147,3 +147,21 @@ def test_a_prover_streaming_without_end_is_rejected_at_the_count(
     result = run_protocol(VerifierSession(task, plan, checks=checks), transport)
     assert (result.verdict, result.exit_code) == ("reject", 1), result.reason
     assert "more than the" in result.reason
+
+
+def test_a_claim_with_tiny_coefficients_gets_a_verdict_not_an_error(
+    digits_z2_attribution: Attribution,
+) -> None:
+    """At relative ε the tolerance check used the claim's own spread as a stand-in for ε, so a
+    claim of near-zero coefficients (a → 1e-6·a, err ≈ B₁ ≈ Var f) ended in error (exit 2), a
+    retry, instead of a reject. It is now checked against R·Var f once that is estimated."""
+    from protocol.tasks import load_task
+    from simulations.cheats import ScaleCheat
+
+    task = load_task("digits-logreg:z=2")
+    plan, checks = make_verifier_plan(PlanOptions(epsilon_rel=0.1), task)
+    cheat = ScaleCheat(task, digits_z2_attribution, 1e-6)
+    result = run_protocol(
+        VerifierSession(task, plan, checks=checks), InProcessTransport(task, cheat)
+    )
+    assert (result.verdict, result.exit_code) == ("reject", 1), result.reason

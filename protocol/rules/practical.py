@@ -1175,16 +1175,28 @@ class PracticalRun:
             return np.zeros(z, dtype=bool), np.zeros(z, dtype=bool)
         return st["err_upper"] <= st["eps_accept"], st["err_lower"] > st["eps_reject"]
 
+    def _check_tolerance(self, epsilon: np.ndarray) -> None:
+        """ConfigurationError when τ's charge on the MSE exceeds TOLERANCE_SHARE of ε."""
+        if np.any(self.setup.tau_loss > TOLERANCE_SHARE * epsilon):
+            raise ConfigurationError(
+                f"the task's tolerance τ = {self.plan.tolerance:g} is too large for this ε: its "
+                f"charge on the MSE ({float(self.setup.tau_loss.max()):.3g}) exceeds "
+                f"{TOLERANCE_SHARE:g}·ε"
+            )
+
     def run(self) -> PracticalOutcome:
         """Stage 1 (MSE), then challenge rounds with more MSE, until decided or out of budget."""
         plan = self.plan
-        if np.any(self.setup.tau_loss > TOLERANCE_SHARE * self.setup.epsilon_scale):
-            raise ConfigurationError(
-                f"the task's tolerance τ = {plan.tolerance:g} is too large for this ε: its charge "
-                f"on the MSE ({float(self.setup.tau_loss.max()):.3g}) exceeds "
-                f"{TOLERANCE_SHARE:g}·ε"
-            )
+        if plan.epsilon is not None:
+            self._check_tolerance(self.setup.epsilon_scale)
         self._take_mse(max(MSE_BATCH, plan.variance_samples))
+        if plan.epsilon is None:  # relative ε: judged against R·Var f once it is estimated,
+            # not against the claim's own spread (a claim with tiny coefficients made the
+            # stand-in scale tiny and the run an error instead of a verdict)
+            var = self._variance_estimate()
+            assert var is not None
+            assert plan.epsilon_rel is not None
+            self._check_tolerance(plan.epsilon_rel * np.maximum(var, 0.0))
         while True:  # stage 1: the claim's MSE
             decided = self._look()
             if decided is not None:

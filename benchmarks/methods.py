@@ -1,0 +1,228 @@
+"""The attributions people compute, measured and verified (issue #18).
+
+For every claim method on a logistic-regression task it makes the claim from seeded samples (the
+regressions and empirical influence on their K samples, the influence methods from the task
+alone, ``if-mean`` calibrated on 512), then reports:
+
+* the retrainings and CPU-seconds the claim cost (retrainings at the CPU each one measured here,
+  plus the fit);
+* its true err estimated on H held-out retrainings, err ≈ mse(claim) − mse(reference), with the
+  reference the OLS fit on the largest sample (so err is, if anything, under-estimated for every
+  method alike), as err ÷ Var f averaged over targets, with its standard error from the paired
+  per-subset differences;
+* LDS, the Spearman correlation of predicted and actual outputs over the held-out subsets,
+  averaged over targets;
+* the verifier's verdict at ε = 0.1·Var f and 0.3·Var f, δ = 0.05, in the default mode, over gRPC
+  against ``prover.Prover`` serving exactly that claim.
+
+    python benchmarks/methods.py --quick --json     # digits-logreg:z=3 (a few minutes)
+    python benchmarks/methods.py --out docs/methods  # digits-logreg; table.md, methods.png
+
+``--json`` prints one object with a ``methods`` list (``method``, ``retrainings``, ``cpu_s``,
+``err_rel``, ``err_rel_se``, ``lds``, ``verdicts``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+EPSILONS = (0.1, 0.3)
+
+
+def sample_counts(n: int) -> dict[str, int]:
+    """Samples each method is given at N training points: the regressions as the prover would
+    use them, the influence methods none (if-mean: its 512 calibration samples)."""
+    return {
+        "ols": 20 * n,
+        "ridge": n,
+        "lasso": n,
+        "empirical-influence": 20 * n,
+        "if-full": 0,
+        "if-mean-raw": 0,
+        "rif": 0,
+        "ns": 0,
+        "rif-mean": 0,
+        "if-mean": 512,
+    }
+
+
+def make_claims(task: Any, counts: dict[str, int], seed: int) -> tuple[dict, dict, float]:
+    """(claims by method, fit CPU-s by method, CPU-s per retraining): every method's claim from
+    the first K of one seeded sample (so a method given K samples uses exactly those)."""
+    from prover.datamodel import fit_datamodel
+    from prover.influence import INFLUENCE_METHODS, fit_influence
+    from prover.strategy import Attribution
+
+    largest = max(counts.values())
+    rng = np.random.default_rng(seed)
+    masks = rng.random((largest, task.num_train_points)) < task.p
+    c0 = time.process_time()
+    f = np.asarray(task.retrain(masks, np.zeros(largest, np.uint64)).f)
+    per_retrain = (time.process_time() - c0) / largest
+    claims, fit_cpu = {}, {}
+    for method, k in counts.items():
+        c1 = time.process_time()
+        if method in INFLUENCE_METHODS:
+            dm = fit_influence(task, method, masks[:k], f[:k])
+        else:
+            dm = fit_datamodel(masks[:k], f[:k], method=method)
+        fit_cpu[method] = time.process_time() - c1
+        claims[method] = Attribution(dm.intercepts, dm.coefficients, method, k)
+    return claims, fit_cpu, per_retrain
+
+
+def evaluate(task: Any, claims: dict, holdout: int, seed: int) -> dict[str, dict[str, float]]:
+    """err ÷ Var f (mean over targets) with its standard error, and LDS, per method."""
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(seed + 1)
+    masks = rng.random((holdout, task.num_train_points)) < task.p
+    f = np.asarray(task.retrain(masks, np.zeros(holdout, np.uint64)).f)
+    x = 2.0 * masks - 1.0
+    var = f.var(axis=0, ddof=1)
+    ref = claims["ols"]
+    loss_ref = (f - (ref.intercepts + x @ ref.coefficients.T)) ** 2
+    out = {}
+    for method, att in claims.items():
+        g = att.intercepts + x @ att.coefficients.T
+        d = ((f - g) ** 2 - loss_ref) / var  # paired per-subset differences, relative
+        per_target = d.mean(axis=0)
+        se = np.sqrt((d.var(axis=0, ddof=1) / holdout).sum()) / d.shape[1]
+        lds = [spearmanr(g[:, t], f[:, t]).statistic for t in range(f.shape[1])]
+        out[method] = {
+            "err_rel": float(per_target.mean()),
+            "err_rel_se": float(se),
+            "err_rel_max": float(per_target.max()),
+            "lds": float(np.nanmean(lds)),
+        }
+    return out
+
+
+def verdicts(task: Any, claim: Any) -> dict[str, str]:
+    """The verifier's verdict on ``claim`` at each ε in EPSILONS (default mode, over gRPC)."""
+    from prover import Prover
+    from verifier import verify
+
+    out = {}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Prover(task, store=Path(tmp) / "s.sqlite3", attribution=claim) as prover,
+    ):
+        for eps in EPSILONS:
+            assert prover.address is not None
+            result = verify(prover.address, task, epsilon_rel=eps, delta=0.05, timeout_s=600)
+            out[f"{eps:g}"] = result.verdict
+    return out
+
+
+def run(selector: str, holdout: int, seed: int, methods: list[str] | None) -> dict[str, Any]:
+    """Every figure for one task."""
+    from protocol.tasks import load_task
+
+    task = load_task(selector)
+    counts = sample_counts(task.num_train_points)
+    if methods:
+        counts = {m: k for m, k in counts.items() if m in methods or m == "ols"}
+    claims, fit_cpu, per_retrain = make_claims(task, counts, seed)
+    quality = evaluate(task, claims, holdout, seed)
+    rows = []
+    for method, k in counts.items():
+        print(f"methods: {selector} {method} ...", file=sys.stderr, flush=True)
+        rows.append(
+            {
+                "method": method,
+                "retrainings": k,
+                "cpu_s": k * per_retrain + fit_cpu[method],
+                **quality[method],
+                "verdicts": verdicts(task, claims[method]),
+            }
+        )
+    ols = counts["ols"]
+    for r in rows:
+        r["retrainings_vs_ols"] = r["retrainings"] / ols
+    return {"task": selector, "num_train_points": task.num_train_points, "methods": rows}
+
+
+def table(result: dict[str, Any]) -> str:
+    """One task's rows as Markdown."""
+    lines = [
+        f"**{result['task']}** (N = {result['num_train_points']:,})",
+        "",
+        "| method | retrainings | CPU-s | err ÷ Var f | ± s.e. | LDS | ε = 0.1·Var f | "
+        "ε = 0.3·Var f |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(result["methods"], key=lambda r: r["err_rel"]):
+        v = r["verdicts"]
+        lines.append(
+            f"| {r['method']} | {r['retrainings']:,} | {r['cpu_s']:.2f} | {r['err_rel']:.4f} | "
+            f"{r['err_rel_se']:.4f} | {r['lds']:.3f} | {v['0.1']} | {v['0.3']} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """err ÷ Var f per method with its standard error, and the two ε lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(result["methods"], key=lambda r: r["err_rel"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    xs = np.arange(len(rows))
+    ax.errorbar(xs, [r["err_rel"] for r in rows], yerr=[2 * r["err_rel_se"] for r in rows], fmt="o")
+    for eps, style in zip(EPSILONS, ("--", ":"), strict=True):
+        ax.axhline(eps, color="grey", linestyle=style, label=f"ε = {eps:g}·Var f")
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_xticks(xs, [r["method"] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("err ÷ Var f (held out, ±2 s.e.)")
+    ax.set_title(f"{result['task']}: how far each attribution is from the best linear one")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, print (``--json``: one object), write ``--out``."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--task", default="digits-logreg")
+    ap.add_argument("--quick", action="store_true", help="digits-logreg:z=3, 2,000 held out")
+    ap.add_argument("--holdout", type=int, default=4000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--methods", help="comma-separated subset (ols is always run: the reference)")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    selector = "digits-logreg:z=3" if args.quick else args.task
+    holdout = 2000 if args.quick else args.holdout
+    methods = args.methods.split(",") if args.methods else None
+    started = time.monotonic()
+    result = run(selector, holdout, args.seed, methods)
+    result["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs"
+    result["wall_s"] = time.monotonic() - started
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+        (args.out / "table.md").write_text(table(result) + "\n")
+        plot(result, args.out / "methods.png")
+    print(json.dumps(result) if args.json else table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
