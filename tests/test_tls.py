@@ -199,7 +199,7 @@ def test_prover_refuses_plaintext_on_non_loopback_before_binding(monkeypatch, ca
         raise AssertionError("build_server must not be reached")
 
     monkeypatch.setattr(prover.server, "build_server", must_not_bind)
-    monkeypatch.setattr(prover.cli, "load_task", must_not_bind)
+    monkeypatch.setattr(prover.cli, "load_task_on", must_not_bind)
     rc = prover.cli.main(["serve", "--host", "0.0.0.0", "--port", "0", "--task", TASK])
     assert rc == 2
     assert "refusing to serve plain-text" in capsys.readouterr().err
@@ -220,7 +220,7 @@ def test_prover_rejects_bad_transport_flags(monkeypatch, capsys, flags, message)
     def must_not_run(*_a, **_k):
         raise AssertionError("must fail before loading the task")
 
-    monkeypatch.setattr(prover.cli, "load_task", must_not_run)
+    monkeypatch.setattr(prover.cli, "load_task_on", must_not_run)
     assert prover.cli.main(["serve", "--port", "0", *flags]) == 2
     assert message in capsys.readouterr().err
 
