@@ -9,8 +9,7 @@ from pathlib import Path
 
 from protocol.tasks import load_task_on
 from prover.claim_file import Basis
-from prover.datamodel import CLAIM_METHODS
-from prover.precompute import DEFAULT_SAMPLE_SEED
+from prover.precompute import DEFAULT_SAMPLE_SEED, add_claim_options
 from prover.store import DEFAULT_STORE
 
 log = logging.getLogger("prover")
@@ -31,29 +30,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=DEFAULT_STORE, help="SQLite result store (resumable)")
     p.add_argument("--samples", type=int, default=None, help="datamodel regression samples")
     p.add_argument("--sample-seed", type=_sample_seed, default=DEFAULT_SAMPLE_SEED)
-    p.add_argument(
-        "--method",
-        default="auto",
-        choices=CLAIM_METHODS,
-        help="how the claim is made: a regression on the samples (auto, ols, ridge, lasso) or "
-        "if-mean, the influence function at the mean model calibrated on 512 samples "
-        "(logistic-regression tasks; prover/influence.py)",
-    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        help="retrain on a Ray cluster: ADDRESS of `ray start --head`, or none for a local "
-        "one (needs the extra: pip install -e '.[ray]')",
-    )
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="where retraining runs: auto (CUDA when available), cpu, cuda or cuda:I; results "
-        "are the same function of (task, subset, seed) on each (docs/retraining.md)",
-    )
+    add_claim_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:

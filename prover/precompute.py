@@ -203,25 +203,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="hex seed the samples are derived from (default: 32 zero bytes)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=256, help="models per batch")
+    add_claim_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    return p
+
+
+def add_claim_options(p: argparse.ArgumentParser) -> None:
+    """--method, --device and --ray: how and where the prover makes its claim (the one home of
+    these options for ``prover serve``, ``prover precompute`` and ``python -m
+    prover.precompute``)."""
     p.add_argument(
         "--method",
         default="auto",
         choices=CLAIM_METHODS,
-        help="how the claim is made: a regression on the samples (auto, ols, ridge, lasso) or "
-        "if-mean, the influence function at the mean model calibrated on 512 samples "
-        "(logistic-regression tasks; prover/influence.py)",
+        help="how the claim is made: a regression on the samples (auto, ols, ridge, lasso) or, "
+        "for logistic-regression tasks, an influence method (if-mean, calibrated on 512 "
+        "samples; if-full, if-mean-raw, rif, rif-mean, ns, empirical-influence; "
+        "prover/influence.py)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument(
         "--ray",
         nargs="?",
         const="local",
         metavar="ADDRESS",
-        help="retrain on a Ray cluster (ADDRESS of `ray start --head`, or a local one)",
+        help="retrain on a Ray cluster: ADDRESS of `ray start --head`, or none for a local "
+        "one (needs the extra: pip install -e '.[ray]')",
     )
-    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
-    return p
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where retraining runs: auto (CUDA when available), cpu, cuda or cuda:I; results "
+        "are the same function of (task, subset, seed) on each (docs/retraining.md)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

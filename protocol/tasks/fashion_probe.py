@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from protocol import trainer
 from protocol.tasks import datasets
 from protocol.tasks.base import Task
 
@@ -199,42 +198,16 @@ def fashion_mnist_probe(selector: str, params: dict[str, str]) -> Task:
 
 def fashion_mnist_probe_mlp(selector: str, params: dict[str, str]) -> Task:
     """``fashion-mnist-probe-mlp``: the tanh MLP of ``digits-mlp`` on the same features."""
-    from protocol.tasks.real import DEFAULT_BOUND, DEFAULT_P, DEFAULT_Z, MLPTask
+    from protocol.tasks.real import DEFAULT_Z, MLP_PARAMS, mlp_task
 
-    d = trainer.MLPRecipe()
-    tp = _probe_params(
-        "fashion-mnist-probe-mlp",
-        params,
-        {
-            "hidden": f"hidden width ≥ 1, default {d.hidden}",
-            "steps": f"gradient steps T ≥ 1, default {d.steps}",
-            "lr": f"learning rate > 0, default {d.lr}",
-            "tau": "CHECKEQUIV tolerance τ on f, default 1e-6",
-        },
-    )
+    tp = _probe_params("fashion-mnist-probe-mlp", params, MLP_PARAMS)
     split, spec = probe_split(
         tp.str("pair", "0-6"),
         tp.int("n", DEFAULT_N, lo=1) or DEFAULT_N,
         tp.int("z", DEFAULT_Z, lo=1) or DEFAULT_Z,
         tp.int("dim", DEFAULT_DIM, lo=1) or DEFAULT_DIM,
     )
-    recipe = trainer.MLPRecipe(
-        hidden=tp.int("hidden", d.hidden, lo=1) or d.hidden,
-        steps=tp.int("steps", d.steps, lo=1) or d.steps,
-        lr=tp.float("lr", d.lr, lo=0.0),
-        momentum=d.momentum,
-        l2=d.l2,
-    )
-    return MLPTask(
-        selector,
-        "fashion-mnist-probe-mlp",
-        split,
-        p=tp.float("p", DEFAULT_P, lo=0.0, hi=1.0),
-        bound=tp.float("b", DEFAULT_BOUND, lo=0.0),
-        recipe=recipe,
-        tau=tp.float("tau", 1e-6, lo=0.0),
-        dataset_spec=spec,
-    )
+    return mlp_task(selector, "fashion-mnist-probe-mlp", tp, split, spec)
 
 
 FACTORIES = {

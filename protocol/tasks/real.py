@@ -666,24 +666,43 @@ def fashion_mnist_pair(selector: str, params: dict[str, str]) -> Task:
     )
 
 
+_D = trainer.MLPRecipe()
+#: The MLP recipe's selector keys (every MLP task takes them).
+MLP_PARAMS = {
+    "hidden": f"hidden width ≥ 1, default {_D.hidden}",
+    "steps": f"gradient steps T ≥ 1, default {_D.steps}",
+    "lr": f"learning rate > 0, default {_D.lr}",
+    "momentum": f"heavy-ball momentum in [0, 1), default {_D.momentum}",
+    "l2": f"L2 strength ≥ 0, default {_D.l2:g}",
+    "tau": "CHECKEQUIV tolerance τ on f, default 1e-6",
+}
+
+
 def digits_mlp(selector: str, params: dict[str, str]) -> Task:
     """``digits-mlp[:pair=3-8,z=10,n=…,p=0.5,b=10,hidden=32,steps=300,lr=0.5,momentum=0.9,…]``."""
-    d = trainer.MLPRecipe()
     tp = TaskParams(
         "digits-mlp",
         params,
         {
             "pair": "classes A-B, default 3-8",
             **_COMMON,
-            "hidden": f"hidden width ≥ 1, default {d.hidden}",
-            "steps": f"gradient steps T ≥ 1, default {d.steps}",
-            "lr": f"learning rate > 0, default {d.lr}",
-            "momentum": f"heavy-ball momentum in [0, 1), default {d.momentum}",
-            "l2": f"L2 strength ≥ 0, default {d.l2:g}",
-            "tau": "CHECKEQUIV tolerance τ on f, default 1e-6",
+            **MLP_PARAMS,
         },
     )
     split, spec = _digits_split(tp)
+    return mlp_task(selector, "digits-mlp", tp, split, spec)
+
+
+def mlp_task(
+    selector: str,
+    name: str,
+    tp: TaskParams,
+    split: datasets.BinarySplit,
+    spec: dict[str, Any],
+) -> MLPTask:
+    """An MLP task on ``split`` with the recipe, p, b and τ read from ``tp`` (the ``_MLP`` keys;
+    defaults ``trainer.MLPRecipe()``), shared by every MLP task."""
+    d = trainer.MLPRecipe()
     momentum = tp.float("momentum", d.momentum, lo=-1e-300, hi=1.0)
     recipe = trainer.MLPRecipe(
         hidden=tp.int("hidden", d.hidden, lo=1) or d.hidden,
@@ -694,7 +713,7 @@ def digits_mlp(selector: str, params: dict[str, str]) -> Task:
     )
     return MLPTask(
         selector,
-        "digits-mlp",
+        name,
         split,
         p=tp.float("p", DEFAULT_P, lo=0.0, hi=1.0),
         bound=tp.float("b", DEFAULT_BOUND, lo=0.0),
