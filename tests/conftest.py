@@ -142,3 +142,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
         if module in STATISTICAL_MODULES:
             item.add_marker(pytest.mark.statistical)
+
+
+def load_benchmark(name: str):  # type: ignore[no-untyped-def]
+    """``benchmarks/NAME.py`` as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

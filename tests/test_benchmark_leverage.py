@@ -6,20 +6,12 @@ retrainings for err ≤ ε: the measured K must land near that, and never below 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from protocol.economics import self_fit_retrainings
+from tests.conftest import load_benchmark
 
-_SPEC = importlib.util.spec_from_file_location(
-    "leverage", Path(__file__).resolve().parent.parent / "benchmarks" / "leverage.py"
-)
-assert _SPEC is not None
-assert _SPEC.loader is not None
-leverage = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(leverage)
+leverage = load_benchmark("leverage")
 
 TASK = "synthetic:n=20,z=1,p=0.5,seed=0"
 

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
 from protocol.tasks import load_task
+from tests.conftest import load_benchmark
 
-_SPEC = importlib.util.spec_from_file_location(
-    "methods", Path(__file__).resolve().parent.parent / "benchmarks" / "methods.py"
-)
-assert _SPEC is not None
-assert _SPEC.loader is not None
-methods = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(methods)
+methods = load_benchmark("methods")
 
 
 def test_claims_and_evaluation_on_digits() -> None:

@@ -7,16 +7,9 @@ and at ε = 0.5 (estimate 30.4 = 1.5N) one near 1.5N does.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from tests.conftest import load_benchmark
 
-_SPEC = importlib.util.spec_from_file_location(
-    "scale", Path(__file__).resolve().parent.parent / "benchmarks" / "scale.py"
-)
-assert _SPEC is not None
-assert _SPEC.loader is not None
-scale = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(scale)
+scale = load_benchmark("scale")
 
 TASK = "synthetic:n=20,z=1,p=0.5,seed=0"
 

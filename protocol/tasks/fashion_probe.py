@@ -180,17 +180,27 @@ def _probe_params(name: str, params: dict[str, str], extra: dict[str, str]) -> A
     )
 
 
-def fashion_mnist_probe(selector: str, params: dict[str, str]) -> Task:
-    """``fashion-mnist-probe``: logistic regression on the projected features (certifiable)."""
-    from protocol.tasks.real import _LOGREG, DEFAULT_Z, LogisticRegressionTask, _logreg_kwargs
+def _probe_task_split(
+    name: str, params: dict[str, str], extra: dict[str, str]
+) -> tuple[Any, datasets.BinarySplit, dict[str, Any]]:
+    """(parameters, split, spec) of a probe task: the one reading of pair, n, z and dim."""
+    from protocol.tasks.real import DEFAULT_Z
 
-    tp = _probe_params("fashion-mnist-probe", params, _LOGREG)
+    tp = _probe_params(name, params, extra)
     split, spec = probe_split(
         tp.str("pair", "0-6"),
         tp.int("n", DEFAULT_N, lo=1) or DEFAULT_N,
         tp.int("z", DEFAULT_Z, lo=1) or DEFAULT_Z,
         tp.int("dim", DEFAULT_DIM, lo=1) or DEFAULT_DIM,
     )
+    return tp, split, spec
+
+
+def fashion_mnist_probe(selector: str, params: dict[str, str]) -> Task:
+    """``fashion-mnist-probe``: logistic regression on the projected features (certifiable)."""
+    from protocol.tasks.real import _LOGREG, LogisticRegressionTask, _logreg_kwargs
+
+    tp, split, spec = _probe_task_split("fashion-mnist-probe", params, _LOGREG)
     return LogisticRegressionTask(
         selector, "fashion-mnist-probe", split, dataset_spec=spec, **_logreg_kwargs(tp)
     )
@@ -198,15 +208,9 @@ def fashion_mnist_probe(selector: str, params: dict[str, str]) -> Task:
 
 def fashion_mnist_probe_mlp(selector: str, params: dict[str, str]) -> Task:
     """``fashion-mnist-probe-mlp``: the tanh MLP of ``digits-mlp`` on the same features."""
-    from protocol.tasks.real import DEFAULT_Z, MLP_PARAMS, mlp_task
+    from protocol.tasks.real import MLP_PARAMS, mlp_task
 
-    tp = _probe_params("fashion-mnist-probe-mlp", params, MLP_PARAMS)
-    split, spec = probe_split(
-        tp.str("pair", "0-6"),
-        tp.int("n", DEFAULT_N, lo=1) or DEFAULT_N,
-        tp.int("z", DEFAULT_Z, lo=1) or DEFAULT_Z,
-        tp.int("dim", DEFAULT_DIM, lo=1) or DEFAULT_DIM,
-    )
+    tp, split, spec = _probe_task_split("fashion-mnist-probe-mlp", params, MLP_PARAMS)
     return mlp_task(selector, "fashion-mnist-probe-mlp", tp, split, spec)
 
 
