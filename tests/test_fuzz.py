@@ -713,10 +713,26 @@ def test_verifier_never_accepts_corrupted_answers(data: st.DataObject) -> None:
     assert not case.false_accept, case
 
 
+#: Unmutated runs per stream in test_unmutated_run_passes. The verifier's sample is fresh CSPRNG
+#: randomness, so at these small sizes the honest claim is rejected now and then: measured 6 of
+#: 1,000 runs (B̂≥2 drawn far below its mean). 3 × 10 runs with at most 3 rejects fails by chance
+#: with probability about 4e-5 at that rate; a harness that broke honest runs fails it every time.
+UNMUTATED_RUNS = 10
+UNMUTATED_MAX_REJECTS = 3
+
+
 def test_unmutated_run_passes() -> None:
     """Sanity: the harness itself does not break an honest run (the paper's rule holds; its
-    sizes certify a looser ε, so the verdict is inconclusive)."""
+    sizes certify a looser ε, so the verdict is inconclusive), and the streams it passes through
+    are the honest ones. A rare statistical reject (the rule's own δ) is tolerated, an error or an
+    accept beyond what these sizes certify is not."""
+    rejects = []
     for step in ("claim", "commit", "open"):
-        case = check_verifier_case(lambda _s: None, step=step, kind="none")
-        assert case.verdict == "inconclusive", case
-        assert case.identical, case
+        for _ in range(UNMUTATED_RUNS):
+            case = check_verifier_case(lambda _s: None, step=step, kind="none")
+            assert case.identical, case
+            assert case.verdict in ("inconclusive", "reject"), case
+            if case.verdict == "reject":
+                assert "msê" in case.reason, case  # only the statistical test may reject
+                rejects.append(case)
+    assert len(rejects) <= UNMUTATED_MAX_REJECTS, rejects
