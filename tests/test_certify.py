@@ -139,11 +139,13 @@ def test_batching_matches_single(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     whole = certify.certify_models(task, honest, masks)
-    # force tiny chunks: one model per chunk
-    monkeypatch.setattr(certify, "CERTIFY_TEMP_MAX_BYTES", 1)
-    chunked = certify.certify_models(task, honest, masks)
-    np.testing.assert_allclose(chunked.grad_norms, whole.grad_norms, rtol=1e-6, atol=1e-15)
-    np.testing.assert_allclose(chunked.f_values, whole.f_values, rtol=0, atol=1e-14)
+    # force tiny chunks: one model per chunk, then blocks of one point and of 7 points
+    monkeypatch.setattr(certify, "CERTIFY_MODELS_PER_CHUNK", 1)
+    for cap in (1, 8 * 8 * 7):
+        monkeypatch.setattr(certify, "CERTIFY_TEMP_MAX_BYTES", cap)
+        chunked = certify.certify_models(task, honest, masks)
+        np.testing.assert_allclose(chunked.grad_norms, whole.grad_norms, rtol=1e-6, atol=1e-15)
+        np.testing.assert_allclose(chunked.f_values, whole.f_values, rtol=0, atol=1e-14)
     empty = certify.certify_models(task, honest[:0], masks[:0])
     assert empty.f_values.shape == (0, task.num_targets)
     assert empty.passed(empty.f_values, 0.0).shape == (0,)
