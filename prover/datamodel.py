@@ -32,6 +32,7 @@ METHODS = ("ols", "ridge", "lasso", "auto")
 CLAIM_METHODS = (
     *METHODS,
     *("if-mean", "if-full", "if-mean-raw", "rif", "rif-mean", "ns", "empirical-influence"),
+    "ridge-prior",
 )
 #: Ridge grid, as λ/K (per-sample penalty).
 RIDGE_GRID = np.logspace(-4, 3, 36)
@@ -148,9 +149,13 @@ class _RidgeSolver:
         return self.ym - self.xm @ a
 
 
-def _fit_ridge(
+def fit_ridge(
     x: np.ndarray, y: np.ndarray, rng_seed: int
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(c (Z,), a (Z, N), diagnostics) of ridge regression of ``y`` (K, Z) on ``x`` (K, N) with an
+    unpenalised intercept, λ per target chosen from ``RIDGE_GRID`` (as λ/K) on a seeded held-out
+    fifth and refitted on all K. Deterministic given ``rng_seed``; ``ValueError`` below 5
+    samples."""
     K = x.shape[0]
     train, val = _split(K, rng_seed)
     solver = _RidgeSolver(x[train], y[train])
@@ -239,7 +244,7 @@ def fit_datamodel(
     if used == "ols":
         c, a, diag = _fit_ols(x, f)
     elif used == "ridge":
-        c, a, diag = _fit_ridge(x, f, rng_seed)
+        c, a, diag = fit_ridge(x, f, rng_seed)
     else:
         c, a, diag = _fit_lasso(x, f, rng_seed)
     pred = c[None, :] + x @ a.T

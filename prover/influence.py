@@ -33,7 +33,14 @@ no retraining beyond the calibration sample. The verifier judges the result like
   ``ns``, the leave-one-out Newton step of each point summed, is the same thing for logistic
   regression (Sherman–Morrison; tests/test_influence.py checks it point by point);
 * ``rif-mean``: the rescaled influence function at the mean model;
-* ``empirical-influence``: differences of conditional means on the prover's K samples.
+* ``empirical-influence``: differences of conditional means on the prover's K samples;
+* ``ridge-prior``: ridge regression on the prover's K samples shrunk toward the calibrated
+  ``rif-mean`` claim instead of toward 0: a = γ ⊙ a_rif-mean + δ, with γ the per-target slope fitted
+  as for ``if-mean`` and (c, δ) the ridge fit of the residual f − ⟨γ a_rif-mean, x⟩, its λ chosen on
+  a held-out fifth from a grid whose largest λ leaves the prior almost unchanged. So
+  ‖a − γ a_prior‖² is what is penalised (the standard ridge-toward-a-prior estimator); with few
+  samples it keeps the prior, with many it approaches OLS. Cost: K retrainings (512 by default)
+  plus one K × K (or N × N) eigendecomposition.
 
 Each costs one (d+1)-dimensional Newton solve and O(N d²) FLOPs (empirical influence O(K N Z)),
 plus the retrainings of its samples where it uses them.
@@ -55,7 +62,7 @@ CALIBRATION_SAMPLES = 512
 #: the others are the raw formulas, as people compute them (issue #18), and ignore the samples
 #: except ``empirical-influence``, which is nothing but the samples.
 INFLUENCE_METHODS = ("if-mean", "if-full", "if-mean-raw", "rif", "rif-mean", "ns",
-                     "empirical-influence")  # fmt: skip
+                     "empirical-influence", "ridge-prior")  # fmt: skip
 #: method → (centre q: 1 = the full-data model, "p" = the p-weighted mean model; rescale by
 #: 1/(1 − leverage)).
 _CENTRED: dict[str, tuple[str, bool]] = {
@@ -65,7 +72,10 @@ _CENTRED: dict[str, tuple[str, bool]] = {
     "rif": ("full", True),
     "ns": ("full", True),
     "rif-mean": ("mean", True),
+    "ridge-prior": ("mean", True),
 }
+#: Methods whose prior's slope is calibrated per target on the samples.
+_CALIBRATED = ("if-mean", "ridge-prior")
 
 
 def supports_influence(task: Task) -> bool:
@@ -148,7 +158,8 @@ def empirical_influence(
 def fit_influence(task: Task, method: str, masks: np.ndarray, f: np.ndarray) -> Datamodel:
     """The ``method`` claim on the seeded retrainings ``masks`` (K, N), ``f`` (K, Z): ``if-mean``
     calibrated per target (intercept and slope along the influence direction; uncalibrated when
-    K < 2), ``empirical-influence`` computed from them, the others their raw formulas.
+    K < 2), ``ridge-prior`` that calibration followed by a ridge fit of the residual (``ValueError``
+    below 5 samples), ``empirical-influence`` computed from them, the others their raw formulas.
     Deterministic given its inputs."""
     if method not in INFLUENCE_METHODS:
         raise ValueError(f"unknown influence method {method!r}; choose {INFLUENCE_METHODS}")
@@ -160,12 +171,18 @@ def fit_influence(task: Task, method: str, masks: np.ndarray, f: np.ndarray) -> 
         centre, rescale = _CENTRED[method]
         c, a, diag = centred_influence(task, centre, rescale)
     gamma = np.ones_like(c)
-    if method == "if-mean" and len(masks) >= 2:
+    if method in _CALIBRATED and len(masks) >= 2:
         h = x @ a.T  # the uncalibrated direction's value on each sample, (K, Z)
         for t in range(len(c)):
             design = np.column_stack([np.ones(len(h)), h[:, t]])
             (c[t], gamma[t]), *_ = np.linalg.lstsq(design, f[:, t], rcond=None)
         a = a * gamma[:, None]
+    if method == "ridge-prior":
+        from prover.datamodel import fit_ridge
+
+        c, delta, ridge_diag = fit_ridge(x, f - x @ a.T, rng_seed=0)
+        a = a + delta
+        diag.update(ridge_diag, prior="rif-mean (calibrated)")
     diag.update(
         calibration_samples=len(masks),
         slope=gamma.tolist(),

@@ -219,7 +219,7 @@ def add_claim_options(p: argparse.ArgumentParser) -> None:
         choices=CLAIM_METHODS,
         help="how the claim is made: a regression on the samples (auto, ols, ridge, lasso) or, "
         "for logistic-regression tasks, an influence method (if-mean, calibrated on 512 "
-        "samples; if-full, if-mean-raw, rif, rif-mean, ns, empirical-influence; "
+        "samples; if-full, if-mean-raw, rif, rif-mean, ns, empirical-influence, ridge-prior; "
         "prover/influence.py)",
     )
     p.add_argument(

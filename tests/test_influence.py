@@ -141,3 +141,33 @@ def test_empirical_influence_recovers_a_linear_function_over_every_subset() -> N
     c_hat, a_hat, _ = empirical_influence(masks, f, 0.5)
     np.testing.assert_allclose(a_hat, a, atol=1e-12)
     np.testing.assert_allclose(c_hat, c, atol=1e-12)
+
+
+def test_ridge_prior_is_ridge_toward_the_calibrated_rif_mean_claim(tiny) -> None:
+    """a = γ·a_rif-mean + δ with γ the per-target least-squares slope and (c, δ) the ridge solution
+    of the residual at the λ it reports, both computed here directly from their normal equations;
+    the penalty is on a − γ·a_prior, so the claim is not shrunk toward 0."""
+    from prover.influence import centred_influence
+
+    task = tiny
+    n = task.num_train_points
+    masks = np.random.default_rng(3).random((60, n)) < task.p
+    f = np.asarray(task.retrain(masks, np.zeros(60, np.uint64)).f)
+    model = fit_influence(task, "ridge-prior", masks, f)
+    _c0, a0, _ = centred_influence(task, "mean", rescale=True)
+    x = 2.0 * masks - 1.0
+    for t in range(task.num_targets):
+        h = x @ a0[t]
+        hc, ft = h - h.mean(), f[:, t] - f[:, t].mean()
+        gamma = (hc @ ft) / (hc @ hc)
+        r = f[:, t] - gamma * h
+        xc, rc = x - x.mean(axis=0), r - r.mean()
+        lam = model.diagnostics["lambda"][t]
+        delta = np.linalg.solve(xc.T @ xc + lam * np.eye(n), xc.T @ rc)
+        np.testing.assert_allclose(model.coefficients[t], gamma * a0[t] + delta, atol=1e-9)
+        c = r.mean() - x.mean(axis=0) @ delta
+        np.testing.assert_allclose(model.intercepts[t], c, atol=1e-9)
+        assert np.linalg.norm(delta) > 0  # the ridge step moved the prior
+    assert model.method == "ridge-prior"
+    with pytest.raises(ValueError, match="at least 5 samples"):
+        fit_influence(task, "ridge-prior", masks[:4], f[:4])
