@@ -33,3 +33,8 @@ def test_claims_and_evaluation_on_digits() -> None:
     text = methods.table({"task": "t", "num_train_points": 10, "methods": [row]})
     assert "| x | 0 | 0.10 | 0.5000 | 0.0100 | 0.900 | reject | reject |" in text
     assert np.isfinite(quality["ols"]["err_rel"])
+    # without OLS (large N) the best claim is the reference: it reads 0, the others more
+    best = methods.evaluate(task, {k: claims[k] for k in ("if-mean", "if-full")}, 1500, 0, None)
+    assert best["if-mean"]["reference"] == "if-mean"
+    assert best["if-mean"]["err_rel"] == 0.0
+    assert best["if-full"]["err_rel"] > 1.0
