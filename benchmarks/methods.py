@@ -2,7 +2,7 @@
 
 For every claim method on a logistic-regression task it makes the claim from seeded samples (the
 regressions and empirical influence on their K samples, the influence methods from the task
-alone, ``if-mean`` calibrated on 512), then reports:
+alone, ``if-mean`` calibrated on 512, ``ridge-prior`` on 512), then reports:
 
 * the retrainings and CPU-seconds the claim cost (retrainings at the CPU each one measured here,
   plus the fit);
@@ -15,8 +15,12 @@ alone, ``if-mean`` calibrated on 512), then reports:
 * the verifier's verdict at ε = 0.1·Var f and 0.3·Var f, δ = 0.05, in the default mode, over gRPC
   against ``prover.Prover`` serving exactly that claim.
 
-    python benchmarks/methods.py --quick --json     # digits-logreg:z=3 (a few minutes)
-    python benchmarks/methods.py --out docs/methods  # digits-logreg; table.md, methods.png
+    python benchmarks/methods.py --quick --json     # digits-logreg:z=3, six methods, capped
+    python benchmarks/methods.py --task digits-logreg:z=3 --max-mse-samples 50000 \
+        --max-tuples 50000 --out docs/methods/digits    # every method; table.md, methods.png
+    python benchmarks/methods.py --task fashion-mnist-probe:n=10000,z=3 --no-ols \
+        --methods if-full,rif,rif-mean,if-mean,ridge-prior --max-mse-samples 50000 \
+        --max-tuples 50000 --out docs/methods/fashion10k   # N = 10,000, err against the best
 
 ``--json`` prints one object with a ``methods`` list (``method``, ``retrainings``, ``cpu_s``,
 ``err_rel``, ``err_rel_se``, ``lds``, ``verdicts``).
@@ -203,15 +207,16 @@ def table(result: dict[str, Any]) -> str:
         f"**{result['task']}** (N = {result['num_train_points']:,}; err against "
         f"{result.get('reference') or 'ols'})",
         "",
-        "| method | retrainings | CPU-s | err ÷ Var f | ± s.e. | LDS | ε = 0.1·Var f | "
-        "ε = 0.3·Var f |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | retrainings | CPU-s | err ÷ Var f | ± s.e. | worst target | LDS | "
+        "ε = 0.1·Var f | ε = 0.3·Var f |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(result["methods"], key=lambda r: r["err_rel"]):
         v = r["verdicts"]
         lines.append(
             f"| {r['method']} | {r['retrainings']:,} | {r['cpu_s']:.2f} | {r['err_rel']:.4f} | "
-            f"{r['err_rel_se']:.4f} | {r['lds']:.3f} | {v['0.1']} | {v['0.3']} |"
+            f"{r['err_rel_se']:.4f} | {r.get('err_rel_max', float('nan')):.4f} | {r['lds']:.3f} | "
+            f"{v['0.1']} | {v['0.3']} |"
         )
     return "\n".join(lines)
 
@@ -224,16 +229,40 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = sorted(result["methods"], key=lambda r: r["err_rel"])
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     xs = np.arange(len(rows))
-    ax.errorbar(xs, [r["err_rel"] for r in rows], yerr=[2 * r["err_rel_se"] for r in rows], fmt="o")
+    ax.errorbar(
+        xs,
+        [r["err_rel"] for r in rows],
+        yerr=[2 * r["err_rel_se"] for r in rows],
+        fmt="none",
+        ecolor="black",
+    )
+    colours = {"accept": "tab:green", "inconclusive": "tab:orange", "reject": "tab:red"}
+    for key, marker, offset in (("0.1", "o", -0.12), ("0.3", "s", 0.12)):
+        for verdict, colour in colours.items():
+            pick = [i for i, r in enumerate(rows) if r["verdicts"].get(key) == verdict]
+            ax.scatter(
+                xs[pick] + offset,
+                [rows[i]["err_rel"] for i in pick],
+                marker=marker,
+                color=colour,
+                zorder=3,
+                label=f"verifier at ε = {key}·Var f: {verdict}",
+            )
     for eps, style in zip(EPSILONS, ("--", ":"), strict=True):
         ax.axhline(eps, color="grey", linestyle=style, label=f"ε = {eps:g}·Var f")
     ax.set_yscale("symlog", linthresh=0.01)
-    ax.set_xticks(xs, [r["method"] for r in rows], rotation=30, ha="right")
+    ax.set_xticks(
+        xs,
+        [f"{r['method']}\n{r['retrainings']:,} retr." for r in rows],
+        rotation=30,
+        ha="right",
+        fontsize=8,
+    )
     ax.set_ylabel("err ÷ Var f (held out, ±2 s.e.)")
     ax.set_title(f"{result['task']}: how far each attribution is from the best linear one")
-    ax.legend()
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -29,9 +29,10 @@ def test_claims_and_evaluation_on_digits() -> None:
         assert q["err_rel_se"] >= 0
     assert quality["if-mean"]["lds"] > quality["if-full"]["lds"] - 0.5
     row = {"method": "x", "retrainings": 0, "cpu_s": 0.1, "err_rel": 0.5, "err_rel_se": 0.01,
-           "lds": 0.9, "verdicts": {"0.1": "reject", "0.3": "reject"}}  # fmt: skip
+           "err_rel_max": 0.7, "lds": 0.9,
+           "verdicts": {"0.1": "reject", "0.3": "reject"}}  # fmt: skip
     text = methods.table({"task": "t", "num_train_points": 10, "methods": [row]})
-    assert "| x | 0 | 0.10 | 0.5000 | 0.0100 | 0.900 | reject | reject |" in text
+    assert "| x | 0 | 0.10 | 0.5000 | 0.0100 | 0.7000 | 0.900 | reject | reject |" in text
     assert np.isfinite(quality["ols"]["err_rel"])
     # without OLS (large N) the best claim is the reference: it reads 0, the others more
     best = methods.evaluate(task, {k: claims[k] for k in ("if-mean", "if-full")}, 1500, 0, None)
