@@ -261,7 +261,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         fontsize=8,
     )
     ax.set_ylabel("err ÷ Var f (held out, ±2 s.e.)")
-    ax.set_title(f"{result['task']}: how far each attribution is from the best linear one")
+    ref = result.get("reference") or "ols"
+    ax.set_title(f"{result['task']}: err of each attribution (against the {ref} claim)")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
