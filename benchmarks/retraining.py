@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from protocol import trainer
-from protocol.tasks.real import REAL_TASK_FACTORIES, LogisticRegressionTask
-from protocol.tasks.registry import parse_selector
+from protocol.tasks.real import LogisticRegressionTask
+from protocol.tasks.registry import load_task
 
 
 def cpu_model() -> str:
@@ -78,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    name, params = parse_selector(args.task)
-    task = REAL_TASK_FACTORIES[name](args.task, params)
+    task = load_task(args.task)  # any selector: the built-in real tasks, fashion-mnist-probe, files
     if not isinstance(task, LogisticRegressionTask):
         ap.error("the benchmark counts Newton FLOPs; pick a logistic-regression task")
     device = trainer.resolve_device(args.device)
