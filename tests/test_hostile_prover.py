@@ -165,3 +165,24 @@ def test_a_claim_with_tiny_coefficients_gets_a_verdict_not_an_error(
         VerifierSession(task, plan, checks=checks), InProcessTransport(task, cheat)
     )
     assert (result.verdict, result.exit_code) == ("reject", 1), result.reason
+
+
+@pytest.mark.parametrize("options", [PlanOptions(epsilon=0.2), PlanOptions(epsilon_rel=0.1)])
+def test_a_claim_with_an_absurd_intercept_is_rejected_from_the_claim_alone(
+    options: PlanOptions,
+) -> None:
+    """A claim whose mean lies far outside f's range ±b has err ≥ (|E g| − b)² − b² > ε whatever f
+    is. It used to make τ's charge on the MSE unplannable and end in error after commitment; it
+    is now rejected before any sample. One just outside the range (bound below 0) still goes
+    through the rule and is judged by the samples."""
+    plan, checks = make_verifier_plan(options, TASK)
+    b = TASK.output_bound
+    for shift, certain in ((100.0 * b, True), (0.5 * b, False)):
+        claim = Attribution(TRUTH.intercept + shift, TRUTH.coefficients, "shifted", 0)
+        result = run_protocol(
+            VerifierSession(TASK, plan, checks=checks),
+            InProcessTransport(TASK, HonestStrategy(TASK, claim)),
+        )
+        assert (result.verdict, result.exit_code) == ("reject", 1), result.reason
+        assert ("provably not ε-optimal" in result.reason) is certain, result.reason
+        assert (result.prover_retrainings == 0) is certain  # certain: no sample was drawn

@@ -22,7 +22,7 @@ from protocol.economics import self_fit_retrainings
 from protocol.residual import estimate_residual
 from protocol.rules.base import CheckMode, Verdict
 from protocol.rules.paper import paper_verdict
-from protocol.rules.practical import PracticalOutcome, PracticalPlan, PracticalRun
+from protocol.rules.practical import PracticalOutcome, PracticalPlan, PracticalRun, provably_far
 from protocol.tasks.base import Progress
 from protocol.untrusted import printable
 from verifier.certified import certified_cost
@@ -124,6 +124,9 @@ def _practical(
 ) -> tuple[Verdict, str, dict[str, Any]]:
     plan = session.plan
     assert isinstance(plan, PracticalPlan)
+    far = provably_far(plan, session.intercepts, session.coefficients)
+    if far is not None:  # after commitment, from the claim alone: a certain reject
+        raise Rejection(far)
     evidence = TransportEvidence(session, transport, progress)
     run = PracticalRun(plan, session.intercepts, session.coefficients, evidence)
     outcome: PracticalOutcome = run.run()

@@ -434,6 +434,36 @@ class _PlugIn:
             self.var = np.maximum((self._sq - self.n * mean * mean) / (self.n - 1), 1e-12)
 
 
+def provably_far(plan: PracticalPlan, intercepts: Any, coefficients: Any) -> str | None:
+    """Why the claim's own law proves err > ε on some target, whatever f is; None if it does not.
+
+    For f ∈ [−b, b] and g = c + ⟨a, x⟩ with mean m = E g under B_p (exact: ``ClaimLaw``),
+    mse(g) = E(f − g)² ≥ (E f − m)² ≥ (|m| − b)² when |m| > b, and the best affine datamodel has
+    mse ≤ Var f ≤ b², so err(g) ≥ (|m| − b)² − b². For relative ε = R·Var f ≤ R·b². When that
+    lower bound exceeds ε the claim is rejected with certainty (no sample, no δ spent): a claim
+    whose intercept is absurd would otherwise make τ's charge on the MSE too large to plan and
+    end the run in an error after commitment.
+    """
+    law = ClaimLaw.of(intercepts, coefficients, plan.p)
+    b = float(plan.output_bound)
+    m = np.abs(law.mean)
+    lower = np.where(m > b, (m - b) ** 2 - b * b, -np.inf)
+    if plan.epsilon is not None:
+        eps = np.broadcast_to(np.asarray(plan.epsilon, dtype=np.float64), lower.shape)
+    else:
+        assert plan.epsilon_rel is not None
+        eps = np.full(lower.shape, plan.epsilon_rel * b * b)
+    bad = np.flatnonzero(lower > eps)
+    if bad.size == 0:
+        return None
+    t = int(bad[np.argmax((lower - eps)[bad])])
+    return (
+        f"the claim is provably not ε-optimal: target {t} has E g = {float(law.mean[t]):.4g} "
+        f"under B_p, outside the output range ±{b:g}, so err ≥ (|E g| − b)² − b² = "
+        f"{float(lower[t]):.4g} > ε = {float(eps[t]):.4g} whatever f is ({bad.size} target(s))"
+    )
+
+
 @dataclass
 class ClaimSetup:
     """Everything derived from the claim before the first MSE sample: law, clip, ranges, charges."""
