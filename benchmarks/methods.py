@@ -73,8 +73,7 @@ def sample_counts(n: int) -> dict[str, int]:
 def make_claims(task: Any, counts: dict[str, int], seed: int) -> tuple[dict, dict, float]:
     """(claims by method, fit CPU-s by method, CPU-s per retraining): every method's claim from
     the first K of one seeded sample (so a method given K samples uses exactly those)."""
-    from prover.datamodel import fit_datamodel
-    from prover.influence import INFLUENCE_METHODS, fit_influence
+    from prover.influence import fit_claim
     from prover.strategy import Attribution
 
     largest = max(counts.values())
@@ -86,10 +85,7 @@ def make_claims(task: Any, counts: dict[str, int], seed: int) -> tuple[dict, dic
     claims, fit_cpu = {}, {}
     for method, k in counts.items():
         c1 = time.process_time()
-        if method in INFLUENCE_METHODS:
-            dm = fit_influence(task, method, masks[:k], f[:k])
-        else:
-            dm = fit_datamodel(masks[:k], f[:k], method=method)
+        dm = fit_claim(task, method, masks[:k], f[:k])
         fit_cpu[method] = time.process_time() - c1
         claims[method] = Attribution(dm.intercepts, dm.coefficients, method, k)
     return claims, fit_cpu, per_retrain
@@ -107,17 +103,13 @@ def evaluate(
     f = np.asarray(task.retrain(masks, np.zeros(holdout, np.uint64)).f)
     x = 2.0 * masks - 1.0
     var = f.var(axis=0, ddof=1)
+    preds = {m: a.intercepts + x @ a.coefficients.T for m, a in claims.items()}
     if reference is None:
-        mses = {
-            m: float((((f - (a.intercepts + x @ a.coefficients.T)) ** 2) / var).mean())
-            for m, a in claims.items()
-        }
+        mses = {m: float((((f - g) ** 2) / var).mean()) for m, g in preds.items()}
         reference = min(mses, key=mses.__getitem__)
-    ref = claims[reference]
-    loss_ref = (f - (ref.intercepts + x @ ref.coefficients.T)) ** 2
+    loss_ref = (f - preds[reference]) ** 2
     out = {}
-    for method, att in claims.items():
-        g = att.intercepts + x @ att.coefficients.T
+    for method, g in preds.items():
         d = ((f - g) ** 2 - loss_ref) / var  # paired per-subset differences, relative
         per_target = d.mean(axis=0)
         se = np.sqrt((d.var(axis=0, ddof=1) / holdout).sum()) / d.shape[1]

@@ -54,7 +54,7 @@ import numpy as np
 
 from protocol import trainer
 from protocol.tasks.base import Task
-from prover.datamodel import Datamodel
+from prover.datamodel import Datamodel, fit_datamodel, fit_ridge
 
 #: Retrainings spent on the intercept by default.
 CALIBRATION_SAMPLES = 512
@@ -178,8 +178,6 @@ def fit_influence(task: Task, method: str, masks: np.ndarray, f: np.ndarray) -> 
             (c[t], gamma[t]), *_ = np.linalg.lstsq(design, f[:, t], rcond=None)
         a = a * gamma[:, None]
     if method == "ridge-prior":
-        from prover.datamodel import fit_ridge
-
         c, delta, ridge_diag = fit_ridge(x, f - x @ a.T, rng_seed=0)
         a = a + delta
         diag.update(ridge_diag, prior="rif-mean (calibrated)")
@@ -195,3 +193,13 @@ def fit_influence(task: Task, method: str, masks: np.ndarray, f: np.ndarray) -> 
         num_samples=len(masks),
         diagnostics=diag,
     )
+
+
+def fit_claim(task: Task, method: str, masks: np.ndarray, f: np.ndarray) -> Datamodel:
+    """The claim of any of ``CLAIM_METHODS`` from seeded retrainings ``masks`` (K, N), ``f``
+    (K, Z): a method of this module (:func:`fit_influence`) or a regression of
+    ``prover.datamodel`` (:func:`fit_datamodel`). Deterministic given its inputs; ``ValueError``
+    for an unknown method or bad shapes."""
+    if method in INFLUENCE_METHODS:
+        return fit_influence(task, method, masks, f)
+    return fit_datamodel(masks, f, method=method)

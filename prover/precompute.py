@@ -132,14 +132,9 @@ def precompute(
             f_parts.append(np.asarray(result.f, dtype=np.float64))
     t1 = time.monotonic()
 
-    from prover.datamodel import fit_datamodel
-    from prover.influence import INFLUENCE_METHODS, fit_influence
+    from prover.influence import fit_claim
 
-    all_masks, all_f = np.concatenate(masks_parts), np.concatenate(f_parts)
-    if method in INFLUENCE_METHODS:  # the samples only calibrate an influence claim
-        model = fit_influence(task, method, all_masks, all_f)
-    else:
-        model = fit_datamodel(all_masks, all_f, method=method)
+    model = fit_claim(task, method, np.concatenate(masks_parts), np.concatenate(f_parts))
     store.save_datamodel(
         task_hash,
         DATAMODEL_NAME,
