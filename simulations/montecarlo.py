@@ -4,8 +4,9 @@ the challenge, MSE and pilot draws made in law on the support columns.
 What is exact and what is a shortcut (docs/validity.md says the same):
 
 * **The decision is the verifier's.** Each trial runs :class:`protocol.rules.practical.
-  PracticalRun` unchanged — planning, every bound, every look, the stopping rule — against a
-  simulated :class:`~protocol.rules.practical.Evidence`.
+  PracticalRule` unchanged — the claim-only reject, planning, every bound, every look, the
+  stopping rule, the spot checks — against a simulated
+  :class:`~protocol.rules.practical.PracticalEvidence`.
 * **Draws in law, on the support columns.** The synthetic f depends only on its support columns
   (≤ 55 per target whatever N is) and the grid's claims are supported there too; under B_p those
   coordinates are independent of the rest. So M is drawn on those columns, and each challenge
@@ -37,7 +38,7 @@ from protocol.rules.practical import (
     PilotData,
     PracticalOutcome,
     PracticalPlan,
-    PracticalRun,
+    PracticalRule,
     pilot_masks,
 )
 from protocol.tasks.synthetic import SyntheticTask
@@ -298,7 +299,7 @@ LieHook = Callable[[np.ndarray, np.ndarray, float, int], tuple[np.ndarray, int]]
 
 @dataclass
 class SimEvidence:
-    """:class:`~protocol.rules.practical.Evidence` for one prover in one trial."""
+    """:class:`~protocol.rules.practical.PracticalEvidence` for one prover in one trial."""
 
     draws: TrialDraws
     claim: Claim
@@ -307,6 +308,10 @@ class SimEvidence:
     members: int = 0
     pilot_retrainings: int = 0
     rounds: list[int] = field(default_factory=list)
+    #: Draws whether a spot check hits a lie (the verifier's CSPRNG, simulated).
+    rng: np.random.Generator | None = None
+    spot_checks: int = 0
+    caught: bool = False
 
     def mse(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The verifier's own retrainings of M."""
@@ -332,6 +337,16 @@ class SimEvidence:
         self.members += MEMBERS_PER_TUPLE * count
         self.rounds.append(count)
         return f, (self.claim.predict(masks) if predictions else None)
+
+    def spot_check(self, count: int) -> None:
+        """``count`` members drawn uniformly without replacement: caught iff one is a lie (an
+        exact hypergeometric draw from ``rng``, made only when the prover lied)."""
+        self.spot_checks = count
+        if self.lies:
+            if self.rng is None:
+                raise ValueError("a spot check on a lying prover needs SimEvidence.rng")
+            hits = self.rng.hypergeometric(self.lies, self.members - self.lies, count)
+            self.caught = bool(hits > 0)
 
 
 def best_lies(
@@ -405,9 +420,10 @@ def judge(
     *,
     targeted: bool = False,
 ) -> TrialResult:
-    """Run the practical rule on one prover; then the spot checks, as the driver does."""
-    evidence = SimEvidence(draws, claim)
-    run = PracticalRun(plan, claim.intercepts, _full_width(claim, draws.task), evidence)
+    """Run the practical rule on one prover, spot checks included, as the driver does."""
+    evidence = SimEvidence(draws, claim, rng=rng)
+    rule = PracticalRule()
+    run = rule.begin(plan, claim.intercepts, _full_width(claim, draws.task), evidence)
     if targeted:
         b = plan.output_bound
 
@@ -422,19 +438,11 @@ def judge(
             return best_lies(f, v, rho, b, cp.lie_allowance - used)
 
         evidence.lie = lie
-    outcome: PracticalOutcome = run.run()
+    outcome: PracticalOutcome = rule.finish(run).raw
     verdict = outcome.verdict
-    k = 0
-    caught = False
+    caught = evidence.caught
+    k = evidence.spot_checks
     cp = outcome.challenge
-    checked = outcome.tuples and cp is not None and not plan.checks.all_members
-    if checked and verdict is not Verdict.REJECT:  # the driver's spot checks, as a count
-        assert cp is not None
-        total = MEMBERS_PER_TUPLE * outcome.tuples
-        k = min(cp.spot_checks, total)
-        if evidence.lies:
-            hits = rng.hypergeometric(evidence.lies, total - evidence.lies, k)
-            caught = bool(hits > 0)
     final = Verdict.REJECT if caught else verdict
     worst = int(np.argmax(outcome.err_upper - outcome.epsilon_accept))
     return TrialResult(

@@ -6,12 +6,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol.accounting import ConfigurationError
+from protocol.accounting import ConfigurationError, plan_manual
 from protocol.residual import bias_coefficient, residual_sample_range, residual_samples
-from protocol.rules.base import CheckMode, RuleName, Verdict
+from protocol.rules.base import (
+    CheckMode,
+    ClaimRejected,
+    RecordContext,
+    RecordError,
+    RuleName,
+    Verdict,
+)
+from protocol.rules.by_name import rule_for
+from protocol.rules.paper import PaperRule
 from protocol.rules.practical import (
     PILOT_LEVELS,
     DeltaSplit,
+    PracticalRule,
     PracticalRun,
     make_plan,
     pilot_masks,
@@ -237,3 +247,100 @@ def test_relative_epsilon_is_bounded_from_the_verifiers_own_sample() -> None:
     assert np.all(out.variance_upper >= var)
     np.testing.assert_allclose(out.epsilon_accept, out.variance_lower)
     assert out.verdict is Verdict.ACCEPT
+
+
+# ---- the Rule interface -----------------------------------------------------------------------
+
+
+def test_rule_for_names_each_rule() -> None:
+    for name in RuleName:
+        assert rule_for(name).name is name
+    assert isinstance(rule_for(RuleName.PRACTICAL), PracticalRule)
+    assert isinstance(rule_for(RuleName.MANUAL), PaperRule)
+    with pytest.raises(ValueError, match="not a paper rule"):
+        PaperRule(RuleName.PRACTICAL)
+
+
+def _paper_run(claim, seed=0):
+    plan = plan_manual(
+        epsilon=0.3, delta=0.05, output_bound=TASK.output_bound, tolerance=TASK.tolerance,
+        num_targets=TASK.num_targets, pairs_per_level=3000, spot_checks=16, mse_samples=3000,
+    )  # fmt: skip
+    draws = TrialDraws(TASK, ("test-rules-paper", seed), "unused")
+    evidence = SimEvidence(draws, claim, rng=np.random.default_rng(seed))
+    full = np.zeros((TASK.num_targets, TASK.num_train_points))
+    full[:, TASK.support_columns] = claim.coefficients
+    return plan, evidence, PaperRule(RuleName.MANUAL).run(plan, claim.intercepts, full, evidence)
+
+
+def test_paper_rule_runs_on_any_evidence_and_rechecks_its_own_record() -> None:
+    honest, bad = _claims()
+    plan, evidence, out = _paper_run(honest)
+    assert evidence.rounds == [plan.pairs_per_level]  # one round, then its spot checks
+    assert evidence.spot_checks == plan.spot_checks
+    assert out.verdict is not Verdict.REJECT
+    record = RecordContext(
+        num_targets=TASK.num_targets, epsilon=0.3, delta=0.05, sizes=plan.to_dict(),
+        verdict=out.verdict,
+    )  # fmt: skip
+    rule = PaperRule(RuleName.MANUAL)
+    decision = out.details["decision"]
+    assert rule.recheck(decision, record) is out.verdict
+    assert len(rule.target_lines(decision)) == TASK.num_targets
+    _, _, worse = _paper_run(bad)
+    assert worse.verdict is Verdict.REJECT
+    assert rule.recheck(worse.details["decision"], record) is Verdict.REJECT
+    flipped = dict(decision, per_target_accept=[not v for v in decision["per_target_accept"]])
+    with pytest.raises(RecordError, match="certificate records"):
+        rule.recheck(flipped, record)
+    with pytest.raises(RecordError, match=r"decision\.delta"):
+        rule.recheck(dict(decision, delta=0.5), record)
+
+
+def test_practical_rule_rechecks_its_own_record_and_refuses_altered_bounds() -> None:
+    honest, bad = _claims()
+    rule = PracticalRule()
+    for claim, plan in ((honest, _plan()), (bad, _plan())):
+        draws = TrialDraws(TASK, ("test-rules", 3), plan.pilot_seed)
+        full = np.zeros((TASK.num_targets, TASK.num_train_points))
+        full[:, TASK.support_columns] = claim.coefficients
+        out = rule.run(plan, claim.intercepts, full, SimEvidence(draws, claim))
+        record = RecordContext(
+            num_targets=TASK.num_targets, epsilon=out.details["epsilon"], delta=0.05,
+            sizes=plan.to_dict(), verdict=out.verdict,
+        )  # fmt: skip
+        assert rule.recheck(out.details, record) is out.verdict
+        up = list(out.details["err_upper"])
+        up[0] += 1.0
+        with pytest.raises(RecordError, match="err_upper"):
+            rule.recheck(dict(out.details, err_upper=up), record)
+    assert out.verdict is Verdict.REJECT  # the bad claim, last
+
+
+def test_practical_rule_rejects_a_provably_far_claim_before_any_evidence() -> None:
+    honest, _ = _claims()
+    plan = _plan()
+    full = np.zeros((TASK.num_targets, TASK.num_train_points))
+    far = honest.intercepts + 100.0 * TASK.output_bound
+
+    class NoEvidence:
+        def __getattr__(self, name):
+            raise AssertionError(f"evidence.{name} was used")
+
+    with pytest.raises(ClaimRejected):
+        PracticalRule().run(plan, far, full, NoEvidence())
+
+
+def test_simulated_spot_check_needs_its_rng_only_when_the_prover_lied() -> None:
+    honest, _ = _claims()
+    draws = TrialDraws(TASK, ("test-rules", 4), "unused")
+    ev = SimEvidence(draws, honest)
+    ev.spot_check(10)  # no lie: no draw, nothing caught
+    assert ev.spot_checks == 10
+    assert not ev.caught
+    ev.lies, ev.members = 4, 40
+    with pytest.raises(ValueError, match="rng"):
+        ev.spot_check(10)
+    ev.rng = np.random.default_rng(0)
+    ev.spot_check(40)  # every member checked: a lie is certainly hit
+    assert ev.caught

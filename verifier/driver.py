@@ -17,16 +17,14 @@ import numpy as np
 
 from proto.attribution.v1 import attribution_pb2 as pb
 from protocol.accounting import Plan
-from protocol.decision import datamodel_predictions, datamodel_range, decide, mse_estimate
 from protocol.economics import self_fit_retrainings
-from protocol.residual import estimate_residual
-from protocol.rules.base import CheckMode, Verdict
-from protocol.rules.paper import paper_verdict
-from protocol.rules.practical import PracticalOutcome, PracticalPlan, PracticalRun, provably_far
+from protocol.rules.base import ClaimRejected, Verdict
+from protocol.rules.by_name import rule_for
+from protocol.rules.practical import PracticalPlan
 from protocol.tasks.base import Progress
 from protocol.untrusted import printable
 from verifier.certified import certified_cost
-from verifier.evidence import SUPPLY_BATCH, TransportEvidence, take_at_most
+from verifier.evidence import TransportEvidence
 from verifier.session import (
     Rejection,
     VerificationError,
@@ -119,91 +117,23 @@ def error_result(
     )
 
 
-def _practical(
+def _decide(
     session: VerifierSession, transport: ProverTransport, progress: Progress | None
 ) -> tuple[Verdict, str, dict[str, Any]]:
-    plan = session.plan
-    assert isinstance(plan, PracticalPlan)
-    far = provably_far(plan, session.intercepts, session.coefficients)
-    if far is not None:  # after commitment, from the claim alone: a certain reject
-        raise Rejection(far)
+    """The session's rule run on evidence from ``transport``, with the self-fit estimate."""
     evidence = TransportEvidence(session, transport, progress)
-    run = PracticalRun(plan, session.intercepts, session.coefficients, evidence)
-    outcome: PracticalOutcome = run.run()
-    verdict, reason = outcome.verdict, outcome.reason
-    checks: dict[str, Any] | None = session.spot_summary
-    cp = outcome.challenge
-    if session.num_tuples and not session.checks.all_members and verdict is not Verdict.REJECT:
-        assert cp is not None
-        k = min(cp.spot_checks, session.num_members)
-        for opening in transport.open(session.open_request(k)):
-            session.ingest_opening(opening)
-        checks = session.check_spot_openings()
-    details = outcome.to_dict()
-    details.pop("verdict")
-    details.pop("reason")
-    details["spot_check"] = checks
+    outcome = rule_for(session.rule).run(
+        session.plan, session.intercepts, session.coefficients, evidence
+    )
+    details = dict(outcome.details)
+    details["spot_check"] = session.spot_summary
     eps = outcome.epsilon_estimate
     details["self_fit_retrainings"] = self_fit_retrainings(
         session.N, outcome.mse_estimate, np.where(eps > 0, eps, np.inf)
     )
     details["self_fit_floor"] = session.N + 1
-    details["self_fit_method"] = (
-        "estimate: OLS excess risk B≥2·(N+1)/(K−N−2) ≤ ε per target, at the point estimates "
-        "B≥2 ≈ msê and ε ≈ R·Var f̂ (protocol.economics); no fit needs fewer than N + 1 = "
-        "self_fit_floor; benchmarks/leverage.py measures it"
-    )
-    return verdict, f"{reason}; {outcome.stop_reason}", details
-
-
-def _paper(
-    session: VerifierSession, transport: ProverTransport, progress: Progress | None
-) -> tuple[Verdict, str, dict[str, Any]]:
-    plan = session.plan
-    assert isinstance(plan, Plan)
-    for chunk in transport.commit(session.challenge_request(plan.rho, plan.pairs_per_level)):
-        session.ingest_commit(chunk)
-    f_values = session.require_commitment()
-    if session.checks is CheckMode.CERTIFIED:
-        for batch in transport.open_all(session.open_all_request()):
-            session.ingest_opening_batch(batch)
-        session.verify_round()
-    else:
-        for opening in transport.open(session.open_request(plan.spot_checks)):
-            session.ingest_opening(opening)
-        session.check_spot_openings()
-    m = plan.mse_samples
-    if session.checks.certified:
-        parts = []
-        for first in range(0, m, SUPPLY_BATCH):
-            count = min(SUPPLY_BATCH, m - first)
-            models = take_at_most(
-                transport.supply_models(session.models_request(first, count)), count
-            )
-            parts.append(session.ingest_models(first, models))
-            if progress is not None:
-                progress(count)
-        mse_f = np.concatenate(parts, axis=0)
-    else:
-        mse_f = session.retrain_mse(0, m)
-    residual = estimate_residual(f_values, plan.rho)
-    predictions = datamodel_predictions(
-        session.mse_sample.masks(np.arange(m)), session.intercepts, session.coefficients
-    )
-    mse_hat = mse_estimate(mse_f, predictions)
-    ranges = datamodel_range(session.intercepts, session.coefficients)
-    decision = decide(plan, residual, mse_hat, ranges)
-    verdict, reason = paper_verdict(decision)
-    details = {
-        "decision": decision.to_dict(),
-        "spot_check": session.spot_summary,
-        "certified_epsilon": [float(v) for v in decision.epsilon_certified],
-        "mse_hat": [float(v) for v in mse_hat],
-        "residual_hat": [float(v) for v in residual.residual],
-        "self_fit_retrainings": self_fit_retrainings(session.N, mse_hat, plan.epsilon),
-        "self_fit_method": "estimate: OLS excess risk with B≥2 ≈ msê (protocol.economics)",
-    }
-    return verdict, reason, details
+    details["self_fit_method"] = outcome.self_fit_method
+    return outcome.verdict, outcome.reason, details
 
 
 def _tell_prover(session: VerifierSession, transport: ProverTransport, verdict: str) -> None:
@@ -256,10 +186,7 @@ def run_protocol(
         session.require_claim()
         session.timing("claim_s", started)
         enter("verify")
-        if isinstance(session.plan, PracticalPlan):
-            verdict, reason, details = _practical(session, transport, progress)
-        else:
-            verdict, reason, details = _paper(session, transport, progress)
+        verdict, reason, details = _decide(session, transport, progress)
         session.timing("evidence_s", started)
         result = _result(session, verdict, reason, details, cpu_started)
         enter("finish")
@@ -287,7 +214,7 @@ def run_protocol(
         result.details["aborted_after_commit"] = True
         _tell_prover(session, transport, result.verdict)
         return result
-    except Rejection as exc:
+    except (Rejection, ClaimRejected) as exc:
         result = _finish_error(session, f"{step}: {exc}", Verdict.REJECT, cpu_started)
         _tell_prover(session, transport, result.verdict)
         return result

@@ -1,10 +1,11 @@
-"""The practical rule's evidence over a live session: M, the pilot and the challenge rounds.
+"""A rule's evidence over a live session: M, the pilot, the challenge rounds and spot checks.
 
-:class:`TransportEvidence` implements :class:`protocol.rules.practical.Evidence` on a
-``VerifierSession`` and a ``ProverTransport``: the MSE sample is retrained here or supplied by the
-prover and certified; the sizing pilot is always retrained here (its seed is public and recorded);
-a challenge round is committed by the prover and, when every member is certified, opened in full
-and certified before its values are used.
+:class:`TransportEvidence` implements :class:`protocol.rules.practical.PracticalEvidence` (every
+rule's :class:`protocol.rules.base.Evidence` plus the pilot) on a ``VerifierSession`` and a
+``ProverTransport``: the MSE sample is retrained here or supplied by the prover and certified; the
+sizing pilot is always retrained here (its seed is public and recorded); a challenge round is
+committed by the prover and, when every member is certified, opened in full and certified before
+its values are used; otherwise a CSPRNG sample of members is opened and checked on request.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def take_at_most(stream: Iterable[T], count: int) -> list[T]:
 
 
 class TransportEvidence:
-    """Evidence for the practical rule from one session over one transport."""
+    """Evidence for any rule from one session over one transport."""
 
     def __init__(
         self, session: VerifierSession, transport: Any, progress: Progress | None = None
@@ -66,6 +67,8 @@ class TransportEvidence:
                         f"prover supplied {len(models)} of the {n} MSE-sample models asked for"
                     )
                 parts.append(s.ingest_models(lo, models))
+                if self.progress is not None:
+                    self.progress(n)
             f = np.concatenate(parts, axis=0)
         else:
             f = s.retrain_mse(first, count)
@@ -110,3 +113,14 @@ class TransportEvidence:
         if self.progress is not None:
             self.progress(4 * count)
         return f, g
+
+    def spot_check(self, count: int) -> None:
+        """Open ``count`` members (at most every member) drawn by the session's CSPRNG and check
+        each; ``Rejection`` on the first failure. Nothing to do when every member was certified
+        as its round arrived."""
+        s = self.session
+        if s.checks.all_members:
+            return
+        for opening in self.transport.open(s.open_request(min(count, s.num_members))):
+            s.ingest_opening(opening)
+        s.check_spot_openings()

@@ -51,7 +51,18 @@ from protocol.residual import (
     residual_sample_range,
     residual_samples,
 )
-from protocol.rules.base import CheckMode, RuleName, Verdict
+from protocol.rules.base import (
+    CheckMode,
+    ClaimRejected,
+    Evidence,
+    RecordContext,
+    RecordError,
+    Rule,
+    RuleName,
+    RuleOutcome,
+    Verdict,
+)
+from protocol.rules.records import close, read, read_vector
 from protocol.rules.tails import ClaimLaw, excess_moments
 
 #: ρ values the challenge planner chooses from (the pilot samples every one of them).
@@ -306,25 +317,11 @@ class PilotData:
         return int(self.f["x"].shape[0])
 
 
-class Evidence(Protocol):
-    """What the rule needs from a run; the verifier's driver and the simulations implement it.
-
-    Each method returns f-values and the claim's predictions g on the same subsets, in order.
-    """
-
-    def mse(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """f (count, Z) and g (count, Z) of the secret sample's members [first, first + count)."""
-        ...
+class PracticalEvidence(Evidence, Protocol):
+    """The evidence the practical rule reads: every rule's, plus the seeded sizing pilot."""
 
     def pilot(self, num_tuples: int) -> PilotData:
         """The first ``num_tuples`` tuples of the seeded pilot (a prefix of one fixed stream)."""
-        ...
-
-    def challenge(
-        self, rho: float, first_tuple: int, count: int, predictions: bool
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Reported f (4·count, Z) of challenge tuples [first_tuple, first_tuple + count) and,
-        when ``predictions``, the claim's g on those members (else None)."""
         ...
 
 
@@ -1034,14 +1031,14 @@ class PracticalOutcome:
 
 
 class PracticalRun:
-    """One run of the practical rule against an :class:`Evidence`; call :meth:`run` once."""
+    """One run of the practical rule against a :class:`PracticalEvidence`; call :meth:`run` once."""
 
     def __init__(
         self,
         plan: PracticalPlan,
         intercepts: Any,
         coefficients: Any,
-        evidence: Evidence,
+        evidence: PracticalEvidence,
         progress: Callable[[int], None] | None = None,
         pilot: PilotData | None = None,
     ) -> None:
@@ -1380,3 +1377,123 @@ def pilot_size(cp: ChallengePlan, plan: PracticalPlan) -> int:
         work = cp.spot_checks + m
     per_tuple = 2 + len(PILOT_LEVELS)
     return int(min(PILOT_MAX_TUPLES, max(plan.pilot_tuples, PILOT_SHARE * work / per_tuple)))
+
+
+# --------------------------------------------------------------------------------------------
+# the rule
+
+
+SELF_FIT_METHOD = (
+    "estimate: OLS excess risk B≥2·(N+1)/(K−N−2) ≤ ε per target, at the point estimates "
+    "B≥2 ≈ msê and ε ≈ R·Var f̂ (protocol.economics); no fit needs fewer than N + 1 = "
+    "self_fit_floor; benchmarks/leverage.py measures it"
+)
+
+
+class PracticalRule(Rule):
+    """The default rule: the claim committed first, anytime-valid bounds on its MSE and on
+    B≥2(f − βg), ACCEPT only when err_upper ≤ ε for every target (docs/guarantee.md)."""
+
+    name = RuleName.PRACTICAL
+
+    def begin(
+        self, plan: Any, intercepts: Any, coefficients: Any, evidence: PracticalEvidence
+    ) -> PracticalRun:
+        """The run for this claim, not yet started; :class:`ClaimRejected` when the claim's mean
+        lies provably far outside f's range (decided from the claim alone, spending no δ)."""
+        if not isinstance(plan, PracticalPlan):
+            raise TypeError(f"the practical rule needs a PracticalPlan, got {type(plan).__name__}")
+        far = provably_far(plan, intercepts, coefficients)
+        if far is not None:
+            raise ClaimRejected(far)
+        return PracticalRun(plan, intercepts, coefficients, evidence)
+
+    def finish(self, run: PracticalRun) -> RuleOutcome:
+        """Run ``run`` to its verdict, then spot-check the committed rounds when members were
+        sampled rather than all certified and the verdict is not already a reject."""
+        outcome = run.run()
+        cp = outcome.challenge
+        sampled = outcome.tuples and cp is not None and not run.plan.checks.all_members
+        if sampled and outcome.verdict is not Verdict.REJECT:
+            assert cp is not None
+            run.evidence.spot_check(min(cp.spot_checks, MEMBERS_PER_TUPLE * outcome.tuples))
+        details = outcome.to_dict()
+        details.pop("verdict")
+        details.pop("reason")
+        return RuleOutcome(
+            verdict=outcome.verdict,
+            reason=f"{outcome.reason}; {outcome.stop_reason}",
+            details=details,
+            mse_estimate=outcome.mse_estimate,
+            epsilon_estimate=outcome.epsilon_estimate,
+            self_fit_method=SELF_FIT_METHOD,
+            raw=outcome,
+        )
+
+    def run(self, plan: Any, intercepts: Any, coefficients: Any, evidence: Evidence) -> RuleOutcome:
+        """:meth:`begin` then :meth:`finish`; ``evidence`` must also provide the pilot."""
+        return self.finish(self.begin(plan, intercepts, coefficients, evidence))  # type: ignore[arg-type]
+
+    def recheck(self, decision: dict[str, Any], record: RecordContext) -> Verdict:
+        """Recompute err_upper = mse_upper − B≥2_lower, err_lower = mse_lower − B≥2_upper, the
+        certified ε and each target's verdict from the recorded bounds; the verdict they imply
+        (a run that a failed check rejected stays a reject)."""
+        dec, z, w = decision, record.num_targets, "decision."
+        eps = read_vector(dec, "epsilon", z, w)
+        eps_rej = read_vector(dec, "epsilon_reject", z, w)
+        read_vector(dec, "mse_estimate", z, w, nullable_items=True)
+        lo_m = read_vector(dec, "mse_lower", z, w)
+        hi_m = read_vector(dec, "mse_upper", z, w)
+        r_lo = read_vector(dec, "residual_lower", z, w)
+        r_hi = read_vector(dec, "residual_upper", z, w)
+        err_up = read_vector(dec, "err_upper", z, w)
+        err_lo = read_vector(dec, "err_lower", z, w)
+        cert_eps = read_vector(dec, "certified_epsilon", z, w)
+        per = read(dec, "per_target", list, w)
+        read(dec, "mse_samples", int, w)
+        read(dec, "tuples", int, w)
+        guarantee = read(dec, "guarantee_met", bool, w)
+        ok: list[bool] = []
+        bad: list[bool] = []
+        for t in range(z):
+            if lo_m[t] > hi_m[t] or r_lo[t] > r_hi[t] or eps[t] < 0 or r_lo[t] < 0:
+                raise RecordError(
+                    f"target {t}: needs mse_lower ≤ mse_upper, 0 ≤ B≥2_lower ≤ B≥2_upper"
+                )
+            up = hi_m[t] - r_lo[t]
+            lo = lo_m[t] - r_hi[t]
+            if not close(up, err_up[t]):
+                raise RecordError(
+                    f"target {t}: err_upper {err_up[t]} ≠ mse_upper − B≥2_lower = {up}"
+                )
+            if not close(lo, err_lo[t]):
+                raise RecordError(
+                    f"target {t}: err_lower {err_lo[t]} ≠ mse_lower − B≥2_upper = {lo}"
+                )
+            if not close(max(up, 0.0), cert_eps[t]):
+                raise RecordError(
+                    f"target {t}: certified_epsilon {cert_eps[t]} ≠ max(err_upper, 0)"
+                )
+            ok.append(up <= eps[t])
+            bad.append(lo > eps_rej[t])
+            want = "accept" if ok[-1] else ("reject" if bad[-1] else "undetermined")
+            if len(per) != z or per[t] != want:
+                raise RecordError(f"target {t}: decision.per_target should be {want!r}")
+        if all(ok):
+            expect = Verdict.ACCEPT
+        elif any(bad) or record.verdict is Verdict.REJECT:  # a failed check also rejects
+            expect = Verdict.REJECT
+        else:
+            expect = Verdict.INCONCLUSIVE
+        if guarantee != (expect is Verdict.ACCEPT):
+            raise RecordError("decision.guarantee_met disagrees with the per-target err_upper ≤ ε")
+        return expect
+
+    def target_lines(self, decision: dict[str, Any]) -> list[str]:
+        """``target t: err_upper ≤ ε`` (or ``>``) per target."""
+        return [
+            f"  target {t}: err_upper = {up:.6g} {'≤' if up <= e else '>'} ε = {e:.6g}"
+            for t, (up, e) in enumerate(
+                zip(decision["err_upper"], decision["epsilon"], strict=True)
+            )
+        ]
