@@ -5,14 +5,25 @@ Both parties feed each message they send or receive, as its deterministic protob
 (``"v2p"`` / ``"p2v"``) and kind (the message type name). At the end they compare digests: equal
 digests mean both saw the same conversation, so a transcript (or a certificate quoting it) cannot be
 spliced from two sessions or replayed into another.
+
+Recording is structural: the verifier sends every call through
+``verifier.recording.RecordingTransport`` and the prover's streaming handlers are wrapped by
+:func:`records_exchange`, so both go through :meth:`Transcript.exchange` and no step appends by
+hand.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 DEFAULT_LABEL = "attribution.v1/transcript"
+VERIFIER_TO_PROVER = "v2p"
+PROVER_TO_VERIFIER = "p2v"
+
+T = TypeVar("T")
 
 
 def _frame(data: bytes) -> bytes:
@@ -68,3 +79,26 @@ class Transcript:
     def count(self) -> int:
         """How many messages have been appended."""
         return self._count
+
+    def exchange(self, request: Any, replies: Iterable[T]) -> Iterator[T]:
+        """One call as both parties record it: ``request`` (verifier to prover), then each reply
+        as it passes (prover to verifier). The request is absorbed when the first reply is asked
+        for, so a lazily started stream records nothing before it runs."""
+        self.append_message(VERIFIER_TO_PROVER, request)
+        for reply in replies:
+            self.append_message(PROVER_TO_VERIFIER, reply)
+            yield reply
+
+
+def records_exchange(
+    method: Callable[..., Iterator[T]],
+) -> Callable[..., Iterator[T]]:
+    """Decorate a streaming call handler ``method(self, request, ...)`` whose object has a
+    ``transcript``: the request and every message it yields are absorbed in order, so no handler
+    appends by hand (the prover's side of the channel)."""
+
+    @functools.wraps(method)
+    def handler(self: Any, request: Any, *args: Any, **kwargs: Any) -> Iterator[T]:
+        return self.transcript.exchange(request, method(self, request, *args, **kwargs))
+
+    return handler

@@ -1,7 +1,9 @@
 """One verifier session on the prover side: a small state machine over the protocol's steps.
 
 This module is plain Python (no grpc): the servicer is a thin adapter around it, and tests drive
-it directly. Every incoming and outgoing message is appended to the session's transcript.
+it directly. Every incoming and outgoing message is absorbed into the session's transcript: Hello
+and its reply when the session opens, every streaming call through ``@records_exchange``
+(:func:`protocol.transcript.records_exchange`), so no handler appends by hand.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from protocol.limits import (
     MAX_TUPLES_IN_FLIGHT_PER_CLIENT,
 )
 from protocol.tasks.base import Progress, Task
-from protocol.transcript import Transcript
+from protocol.transcript import Transcript, records_exchange
 from protocol.untrusted import printable, quote
 from prover.strategy import Answers, HonestStrategy
 
@@ -141,6 +143,7 @@ class ProverSession:
         return reply
 
     # ---- the claim ----------------------------------------------------------------------------
+    @records_exchange
     def claim(self, request: pb.ClaimRequest) -> Iterator[pb.ClaimChunk]:
         """Stream the attribution (c, a) and its summary. Allowed once, right after Hello: the
         claim exists before any challenge seed or MSE sample does."""
@@ -152,7 +155,6 @@ class ProverSession:
                 )
             if request.session_id != self.id:
                 raise ProtocolFault("INVALID_ARGUMENT", "claim request names a different session")
-            self.transcript.append_message("v2p", request)
             self.state = State.CLAIMED
             self._touch()
         attribution = self.strategy.attribution()
@@ -169,7 +171,6 @@ class ProverSession:
                         coefficients=row[offset : offset + CHUNK_VALUES].tolist(),
                     )
                 )
-                self.transcript.append_message("p2v", msg)
                 yield msg
         summary = pb.ClaimChunk(
             summary=pb.ClaimSummary(
@@ -178,11 +179,11 @@ class ProverSession:
                 method=str(attribution.method)[:200],
             )
         )
-        self.transcript.append_message("p2v", summary)
         yield summary
         self._touch()
 
     # ---- challenge rounds ---------------------------------------------------------------------
+    @records_exchange
     def commit(
         self, request: pb.ChallengeRequest, cancelled: CancelCheck | None = None
     ) -> Iterator[pb.CommitChunk]:
@@ -199,7 +200,6 @@ class ProverSession:
                     f"Commit is allowed after Claim and before Open; session is {self.state.value}",
                 )
             rnd = self._parse_challenge(request)
-            self.transcript.append_message("v2p", request)
             self._touch()
             started = time.monotonic()
             answers = self.strategy.answer(rnd, cancellable(cancelled))
@@ -216,9 +216,7 @@ class ProverSession:
                 time.monotonic() - started,
                 answers.tree.root.hex()[:16],
             )
-        for chunk in self._commit_chunks(answers):  # lazily: the values can be gigabytes
-            self.transcript.append_message("p2v", chunk)
-            yield chunk
+        yield from self._commit_chunks(answers)
         self._touch()
 
     def _parse_challenge(self, request: pb.ChallengeRequest) -> ChallengeRound:
@@ -290,6 +288,7 @@ class ProverSession:
         total = self.rounds[-1].spec.num_members if self.rounds else 0
         raise ProtocolFault("OUT_OF_RANGE", f"open index {index} out of range (|E| = {total})")
 
+    @records_exchange
     def open(self, request: pb.OpenRequest) -> Iterator[pb.Opening]:
         """Open the requested members (the revealed spot-check set C) with inclusion proofs in
         their rounds' trees, and with their weights when the verifier asks (certified spot
@@ -312,7 +311,6 @@ class ProverSession:
                     f"task {self.task.name!r} has no weights to open (its checks are by "
                     "retraining)",
                 )
-            self.transcript.append_message("v2p", request)
             self.state = State.OPENED
             self._touch()
         log.info(
@@ -334,10 +332,10 @@ class ProverSession:
                 msg.weights = np.ascontiguousarray(
                     self.strategy.open_weights(answers, index), dtype="<f8"
                 ).tobytes()
-            self.transcript.append_message("p2v", msg)
             yield msg
         self._touch()
 
+    @records_exchange
     def open_all(self, request: pb.OpenAllRequest) -> Iterator[pb.OpeningBatch]:
         """Open every member of one round with its weights, in index order, in batches
         (certified checks). Each round may be opened once."""
@@ -363,7 +361,6 @@ class ProverSession:
                     "retraining)",
                 )
             self._opened_rounds.add(r)
-            self.transcript.append_message("v2p", request)
             self._touch()
         n = len(answers.f_values)
         log.info("session %s: opening all %d leaves of round %d with weights", self.id[:8], n, r)
@@ -380,10 +377,10 @@ class ProverSession:
                 weights_digests=b"".join(batch.digests),
                 weights=np.ascontiguousarray(batch.weights, dtype="<f8").tobytes(),
             )
-            self.transcript.append_message("p2v", msg)
             yield msg
         self._touch()
 
+    @records_exchange
     def supply_models(
         self, request: pb.ModelsRequest, cancelled: CancelCheck | None = None
     ) -> Iterator[pb.SuppliedModel]:
@@ -416,7 +413,6 @@ class ProverSession:
                     f"a session may ask for at most {MAX_SESSION_MODELS} supplied models",
                 )
             self.models_supplied += int(request.count)  # reserved before any work is done
-            self.transcript.append_message("v2p", request)
             self._touch()
         stop = int(request.first + request.count)
         sample = PrivateSample(
@@ -435,7 +431,6 @@ class ProverSession:
                 msg = pb.SuppliedModel(
                     index=index, weights=np.ascontiguousarray(w, dtype="<f8").tobytes()
                 )
-                self.transcript.append_message("p2v", msg)
                 yield msg
             self._touch()
         log.info(
@@ -450,7 +445,6 @@ class ProverSession:
         with self.lock:
             # Both transcripts cover every message before Finish; compare them as they stood.
             reply = pb.FinishReply(transcript_hash=self.transcript.digest)
-            self.transcript.append_message("v2p", request)
             self.state = State.FINISHED
         match = bytes(request.transcript_hash) == reply.transcript_hash
         log.info(

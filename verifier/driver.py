@@ -25,6 +25,7 @@ from protocol.tasks.base import Progress
 from protocol.untrusted import printable
 from verifier.certified import certified_cost
 from verifier.evidence import TransportEvidence
+from verifier.recording import RecordingTransport
 from verifier.session import (
     Rejection,
     VerificationError,
@@ -170,6 +171,7 @@ def run_protocol(
     started = time.monotonic()
     cpu_started = time.process_time()
     step = "hello"
+    transport = RecordingTransport(transport, session.transcript)  # the only way messages pass
 
     def enter(name: str) -> None:
         nonlocal step

@@ -159,16 +159,13 @@ class VerifierSession:
     def hello_request(self) -> pb.HelloRequest:
         """Our task identity, computed locally: the prover's description is never trusted."""
         ident = self.task.identity()
-        msg = pb.HelloRequest(
+        return pb.HelloRequest(
             protocol_version=PROTOCOL_VERSION,
             task=pb.TaskIdentity(**{**ident.as_fields(), "selector": self.selector}),
         )
-        self.transcript.append_message("v2p", msg)
-        return msg
 
     def check_hello(self, reply: pb.HelloReply) -> None:
         """Compare task hashes before anything else; raises ``VerificationError`` on mismatch."""
-        self.transcript.append_message("p2v", reply)
         if reply.protocol_version != PROTOCOL_VERSION:
             raise VerificationError(
                 f"prover speaks protocol {quote(reply.protocol_version)}, "
@@ -185,13 +182,10 @@ class VerifierSession:
     # ---- step 2: the claim ------------------------------------------------------------------
     def claim_request(self) -> pb.ClaimRequest:
         """Ask for the claim (c, a)."""
-        msg = pb.ClaimRequest(session_id=self.session_id)
-        self.transcript.append_message("v2p", msg)
-        return msg
+        return pb.ClaimRequest(session_id=self.session_id)
 
     def ingest_claim(self, chunk: pb.ClaimChunk) -> None:
         """Validate and store one claim chunk; raises ``VerificationError`` if malformed."""
-        self.transcript.append_message("p2v", chunk)
         if self.claim_summary is not None:
             raise VerificationError("prover sent claim data after its summary")
         kind = chunk.WhichOneof("part")
@@ -291,19 +285,16 @@ class VerifierSession:
         )
         rnd = ChallengeRound(spec, first)
         self.rounds.append(_Round(rnd, np.full((rnd.num_members, self.Z), np.nan)))
-        msg = pb.ChallengeRequest(
+        return pb.ChallengeRequest(
             session_id=self.session_id,
             public_seed=self._public_seed,
             num_tuples=int(count),
             rho=float(rho),
             first_tuple=first,
         )
-        self.transcript.append_message("v2p", msg)
-        return msg
 
     def ingest_commit(self, chunk: pb.CommitChunk) -> None:
         """Validate and store one chunk of the current round; ``VerificationError`` if malformed."""
-        self.transcript.append_message("p2v", chunk)
         if not self.rounds:
             raise VerificationError("commitment data arrived before any challenge")
         cur = self.rounds[-1]
@@ -384,13 +375,10 @@ class VerifierSession:
         cur = self.rounds[-1]
         assert cur.root is not None
         cur.certified = CertifiedOpenings(self.task, cur.round, cur.f_values, cur.root)
-        msg = pb.OpenAllRequest(session_id=self.session_id, round=len(self.rounds) - 1)
-        self.transcript.append_message("v2p", msg)
-        return msg
+        return pb.OpenAllRequest(session_id=self.session_id, round=len(self.rounds) - 1)
 
     def ingest_opening_batch(self, batch: pb.OpeningBatch) -> None:
         """Check one batch of a round's openings; raises ``Rejection`` when bad."""
-        self.transcript.append_message("p2v", batch)
         cur = self.rounds[-1] if self.rounds else None
         if cur is None or cur.certified is None:
             raise VerificationError("opening batch arrived before open_all was requested")
@@ -434,13 +422,11 @@ class VerifierSession:
         if with_weights:
             dim = self.task.design.dim  # type: ignore[attr-defined]
             self._spot_weights = np.empty((len(self.spot_indices), dim))
-        msg = pb.OpenRequest(
+        return pb.OpenRequest(
             session_id=self.session_id,
             indices=self.spot_indices.tolist(),
             with_weights=with_weights,
         )
-        self.transcript.append_message("v2p", msg)
-        return msg
 
     def _round_of(self, index: int) -> _Round:
         for r in self.rounds:
@@ -450,7 +436,6 @@ class VerifierSession:
 
     def ingest_opening(self, opening: pb.Opening) -> None:
         """Check one opening against its round's root; raises ``Rejection`` on a bad opening."""
-        self.transcript.append_message("p2v", opening)
         index = int(opening.index)
         rnd = self._round_of(index)
         row = int(np.searchsorted(self.spot_indices, index))
@@ -573,16 +558,12 @@ class VerifierSession:
         self.require_claim()
         if not self.checks.certified:
             raise VerificationError("the MSE sample is supplied only under certified checks")
-        msg = pb.ModelsRequest(
+        return pb.ModelsRequest(
             session_id=self.session_id, sample_key=self.mse_sample.key, first=first, count=count
         )
-        self.transcript.append_message("v2p", msg)
-        return msg
 
     def ingest_models(self, first: int, models: list[pb.SuppliedModel]) -> np.ndarray:
         """Certify a batch of supplied MSE-sample models; their f-values (``Rejection`` if bad)."""
-        for m in models:
-            self.transcript.append_message("p2v", m)
         indices = np.arange(first, first + len(models))
         try:
             f = certify_supplied(self.task, self.mse_sample, indices, models)
