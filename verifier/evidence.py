@@ -10,33 +10,15 @@ its values are used; otherwise a CSPRNG sample of members is opened and checked 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from protocol.decision import datamodel_predictions
-from protocol.rules.base import CheckMode
 from protocol.rules.practical import PilotData, merge_pilots, pilot_data
 from protocol.tasks.base import Progress
-from verifier.session import Rejection, VerificationError, VerifierSession
-
-#: Models requested per SupplyModels call (certified checks).
-SUPPLY_BATCH = 1024
-
-T = TypeVar("T")
-
-
-def take_at_most(stream: Iterable[T], count: int) -> list[T]:
-    """The stream's messages, read one at a time; ``Rejection`` as soon as one arrives past
-    ``count``, so a prover streaming without end costs the verifier ``count`` messages of memory,
-    not its whole stream."""
-    out: list[T] = []
-    for message in stream:
-        if len(out) >= count:
-            raise Rejection(f"prover sent more than the {count} models asked for")
-        out.append(message)
-    return out
+from verifier.checks import checks_for
+from verifier.session import VerificationError, VerifierSession
 
 
 class TransportEvidence:
@@ -48,6 +30,7 @@ class TransportEvidence:
         self.session = session
         self.transport = transport
         self.progress = progress
+        self.checks = checks_for(session.checks)
         self._pilot: PilotData | None = None
 
     def _predict(self, masks: np.ndarray) -> np.ndarray:
@@ -55,23 +38,10 @@ class TransportEvidence:
         return datamodel_predictions(masks, s.intercepts, s.coefficients)
 
     def mse(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """f and g on M's members [first, first + count): supplied and certified, or retrained."""
+        """f and g on M's members [first, first + count), checked as the session's checks say
+        (supplied and certified, or retrained here)."""
         s = self.session
-        if s.checks.certified:
-            parts = []
-            for lo in range(first, first + count, SUPPLY_BATCH):
-                n = min(SUPPLY_BATCH, first + count - lo)
-                models = take_at_most(self.transport.supply_models(s.models_request(lo, n)), n)
-                if len(models) != n:
-                    raise VerificationError(
-                        f"prover supplied {len(models)} of the {n} MSE-sample models asked for"
-                    )
-                parts.append(s.ingest_models(lo, models))
-                if self.progress is not None:
-                    self.progress(n)
-            f = np.concatenate(parts, axis=0)
-        else:
-            f = s.retrain_mse(first, count)
+        f = self.checks.mse(s, self.transport, first, count, self.progress)
         return f, self._predict(s.mse_sample.masks(np.arange(first, first + count)))
 
     def pilot(self, num_tuples: int) -> PilotData:
@@ -102,10 +72,7 @@ class TransportEvidence:
         for chunk in self.transport.commit(s.challenge_request(rho, count)):
             s.ingest_commit(chunk)
         f = s.require_commitment()
-        if s.checks is CheckMode.CERTIFIED:
-            for batch in self.transport.open_all(s.open_all_request()):
-                s.ingest_opening_batch(batch)
-            s.verify_round()
+        self.checks.after_round(s, self.transport)
         g = None
         if predictions:
             rnd = s.rounds[-1].round
@@ -115,12 +82,6 @@ class TransportEvidence:
         return f, g
 
     def spot_check(self, count: int) -> None:
-        """Open ``count`` members (at most every member) drawn by the session's CSPRNG and check
-        each; ``Rejection`` on the first failure. Nothing to do when every member was certified
-        as its round arrived."""
-        s = self.session
-        if s.checks.all_members:
-            return
-        for opening in self.transport.open(s.open_request(min(count, s.num_members))):
-            s.ingest_opening(opening)
-        s.check_spot_openings()
+        """Check ``count`` members drawn by the session's CSPRNG (at most every member), as the
+        session's checks say; ``Rejection`` on the first failure."""
+        self.checks.spot_check(self.session, self.transport, count)

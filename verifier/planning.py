@@ -88,12 +88,9 @@ def resolve_checks(option: str, task: Task) -> CheckMode:
 def check_cost(task: Task, checks: CheckMode) -> float:
     """Retraining-equivalents per checked model: 1 for a retraining, the measured gradient-pass
     ratio for a certified check (sizing only)."""
-    if not checks.certified:
-        return 1.0
-    from verifier.certified import certified_cost
+    from verifier.checks import checks_for
 
-    per = certified_cost(task, 1000)
-    return float(per["gradient_pass_retraining_equivalents"]) / 1000.0
+    return checks_for(checks).cost_per_model(task)
 
 
 def make_verifier_plan(options: PlanOptions, task: Task) -> tuple[PracticalPlan | Plan, CheckMode]:
