@@ -34,27 +34,33 @@ def fit_attribution(
     method: str = "auto",
     progress: bool = True,
     pool: Any | None = None,
+    batch_size: int = 256,
+    report: list[Any] | None = None,
 ) -> Attribution:
     """Retrain ``num_samples`` seeded B_p subsets (resumably, via the store) and fit a datamodel.
 
     Guarantees: the subsets and seeds are a pure function of ``sample_seed``; finished retrainings
     are stored as they complete, so a restarted prover redoes none of them. The returned
     attribution keeps its training set so sessions can refit with their challenge retrainings.
+    With ``report`` (a list), the run's :class:`prover.precompute.PrecomputeReport` is appended.
     """
     from prover.precompute import precompute, sample_subsets
     from prover.store import ResultStore
 
     store = ResultStore(store_path)
-    report = precompute(
-        task, store, num_samples, sample_seed, progress=progress, method=method, pool=pool
-    )
+    run = precompute(
+        task, store, num_samples, sample_seed, batch_size=batch_size, progress=progress,
+        method=method, pool=pool,
+    )  # fmt: skip
+    if report is not None:
+        report.append(run)
     model = store.load_datamodel(task.identity().task_hash, "default")
     log.info(
         "datamodel: %s on %d samples (%d retrained now, %d reused from %s)",
         model.method,
         model.num_samples,
-        report.retrained,
-        report.reused,
+        run.retrained,
+        run.reused,
         store_path,
     )
     masks, _seeds = sample_subsets(task, sample_seed, 0, num_samples)

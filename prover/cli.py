@@ -9,7 +9,8 @@ from pathlib import Path
 
 from protocol.tasks import load_task_on
 from prover.claim_file import Basis
-from prover.precompute import DEFAULT_SAMPLE_SEED, add_claim_options
+from prover.datamodel import CLAIM_METHODS
+from prover.precompute import DEFAULT_SAMPLE_SEED
 from prover.store import DEFAULT_STORE
 
 log = logging.getLogger("prover")
@@ -25,11 +26,60 @@ def _sample_seed(text: str) -> bytes:
     return seed
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def add_claim_options(p: argparse.ArgumentParser) -> None:
+    """--method, --device and --ray: how and where the prover makes its claim (the one home of
+    these options, for ``prover serve`` and ``prover precompute``)."""
+    p.add_argument(
+        "--method",
+        default="auto",
+        choices=CLAIM_METHODS,
+        help="how the claim is made: a regression on the samples (auto, ols, ridge, lasso) or, "
+        "for logistic-regression tasks, an influence method (if-mean, calibrated on 512 "
+        "samples; if-full, if-mean-raw, rif, rif-mean, ns, empirical-influence, ridge-prior; "
+        "prover/influence.py)",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="retrain on a Ray cluster: ADDRESS of `ray start --head`, or none for a local "
+        "one (needs the extra: pip install -e '.[ray]')",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where retraining runs: auto (CUDA when available), cpu, cuda or cuda:I; results "
+        "are the same function of (task, subset, seed) on each (docs/retraining.md)",
+    )
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="synthetic", help="task selector NAME[:k=v,...] or a file")
     p.add_argument("--store", default=DEFAULT_STORE, help="SQLite result store (resumable)")
-    p.add_argument("--samples", type=int, default=None, help="datamodel regression samples")
-    p.add_argument("--sample-seed", type=_sample_seed, default=DEFAULT_SAMPLE_SEED)
+    p.add_argument(
+        "--samples",
+        type=_positive_int,
+        default=None,
+        help="datamodel samples K (default: 20 per training point, at least 2,000; 512 for an "
+        "influence method)",
+    )
+    p.add_argument(
+        "--sample-seed",
+        type=_sample_seed,
+        default=DEFAULT_SAMPLE_SEED,
+        help="hex seed the samples are derived from (default: 32 zero bytes)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_claim_options(p)
 
@@ -93,8 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the file's coefficients multiply: pm1 (x = 2·mask − 1, the protocol's) or "
         "mask (the 0/1 indicator most tools export)",
     )
-    pre = sub.add_parser("precompute", help="retrain and fit the datamodel ahead of any session")
+    pre = sub.add_parser(
+        "precompute",
+        help="retrain seeded datamodel samples (resumably) and fit the claim ahead of any session",
+    )
     _add_common(pre)
+    pre.add_argument("--batch-size", type=_positive_int, default=256, help="models per batch")
+    pre.add_argument("--json", action="store_true", help="print the run's report as one JSON line")
     pre.add_argument(
         "--export-attribution",
         metavar="FILE",
@@ -103,14 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _attribution(args: argparse.Namespace, task: object):  # type: ignore[no-untyped-def]
+def _attribution(args: argparse.Namespace, task: object, report: list | None = None):  # type: ignore[no-untyped-def]
     from prover.attribution import default_num_samples, fit_attribution
 
     samples = (
         args.samples if args.samples is not None else default_num_samples(task, args.method)  # type: ignore[arg-type]
     )
-    if samples < 1:
-        raise ValueError(f"--samples must be positive, got {samples}")
     return fit_attribution(
         task,  # type: ignore[arg-type]
         args.store,
@@ -119,6 +172,8 @@ def _attribution(args: argparse.Namespace, task: object):  # type: ignore[no-unt
         method=args.method,
         progress=not args.no_progress,
         pool=_pool(args),
+        batch_size=getattr(args, "batch_size", 256),
+        report=report,
     )
 
 
@@ -204,11 +259,18 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _precompute(args: argparse.Namespace) -> int:
     task = load_task_on(args.task, args.device)
-    attribution = _attribution(args, task)
-    print(
-        f"datamodel ready: {attribution.method} on {attribution.num_samples} samples, "
-        f"stored in {Path(args.store).resolve()}"
-    )
+    runs: list = []
+    attribution = _attribution(args, task, runs)
+    report = runs[0]
+    if args.json:
+        print(report.to_json(), flush=True)
+    else:
+        print(
+            f"datamodel ready: {attribution.method} on {attribution.num_samples} samples "
+            f"({report.retrained} retrained, {report.reused} reused, {report.wall_s:.1f}s, "
+            f"{report.models_per_s:.1f} models/s), stored in {Path(args.store).resolve()}",
+            flush=True,
+        )
     if args.export_attribution:
         from prover.claim_file import save_attribution_file
 
@@ -219,8 +281,12 @@ def _precompute(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point. Exit 0 on clean shutdown, 2 on bad input or a startup error."""
-    args = build_parser().parse_args(argv)
+    """Entry point. Exit 0 on clean shutdown or a finished precompute, 2 on bad arguments, bad
+    input or a startup error, 130 when interrupted (a precompute's finished batches are kept)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help, 2 for bad arguments
+        return int(exc.code or 0)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s prover %(levelname)s %(message)s", stream=sys.stderr
     )
@@ -232,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prover: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if args.command == "precompute":
+            print(
+                "prover: interrupted; finished batches are stored, rerun to resume", file=sys.stderr
+            )
         return 130
 
 

@@ -6,19 +6,13 @@ The training samples are a pure function of ``sample_seed``: sample j (j = 0 …
 :meth:`prover.store.ResultStore.retrain_cached`, so a killed run resumes where it stopped (losing
 at most the batch in flight) and a finished run costs no retraining when repeated.
 
-Command line::
-
-    python -m prover.precompute --task SELECTOR --store PATH --samples K \
-        [--sample-seed HEX] [--batch-size B] [--method auto|ols|ridge|lasso] \
-        [--no-progress] [--json]
+Command line: ``prover precompute`` (``prover/cli.py``), the one precompute command.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,7 +22,6 @@ import numpy as np
 from protocol.jsonable import json_default
 from protocol.progress import retraining_progress
 from protocol.tasks.base import Task
-from prover.datamodel import CLAIM_METHODS
 from prover.store import ResultStore
 
 log = logging.getLogger("prover")
@@ -160,125 +153,3 @@ def precompute(
         method=model.method,
         diagnostics=dict(model.diagnostics),
     )
-
-
-def _hex_seed(text: str) -> bytes:
-    try:
-        seed = bytes.fromhex(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be hex, got {text!r}") from None
-    if not seed:
-        raise argparse.ArgumentTypeError("must not be empty")
-    return seed
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m prover.precompute`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog="python -m prover.precompute",
-        description="Retrain seeded datamodel samples (resumably) and fit the prover's datamodel.",
-    )
-    p.add_argument("--task", required=True, help="task selector NAME[:k=v,...] or a task file")
-    p.add_argument("--store", required=True, help="SQLite result store (created if missing)")
-    p.add_argument("--samples", required=True, type=_positive_int, help="number of samples K")
-    p.add_argument(
-        "--sample-seed",
-        type=_hex_seed,
-        default=DEFAULT_SAMPLE_SEED,
-        help="hex seed the samples are derived from (default: 32 zero bytes)",
-    )
-    p.add_argument("--batch-size", type=_positive_int, default=256, help="models per batch")
-    add_claim_options(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
-    return p
-
-
-def add_claim_options(p: argparse.ArgumentParser) -> None:
-    """--method, --device and --ray: how and where the prover makes its claim (the one home of
-    these options for ``prover serve``, ``prover precompute`` and ``python -m
-    prover.precompute``)."""
-    p.add_argument(
-        "--method",
-        default="auto",
-        choices=CLAIM_METHODS,
-        help="how the claim is made: a regression on the samples (auto, ols, ridge, lasso) or, "
-        "for logistic-regression tasks, an influence method (if-mean, calibrated on 512 "
-        "samples; if-full, if-mean-raw, rif, rif-mean, ns, empirical-influence, ridge-prior; "
-        "prover/influence.py)",
-    )
-    p.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        help="retrain on a Ray cluster: ADDRESS of `ray start --head`, or none for a local "
-        "one (needs the extra: pip install -e '.[ray]')",
-    )
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="where retraining runs: auto (CUDA when available), cpu, cuda or cuda:I; results "
-        "are the same function of (task, subset, seed) on each (docs/retraining.md)",
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run a precompute from the command line. Returns 0 on success, 2 on any error."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse: 0 for --help, 2 for bad arguments
-        return int(exc.code or 0)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        from protocol.tasks import load_task_on
-        from prover.ray_pool import pool_from_option
-
-        task = load_task_on(args.task, args.device)
-        with ResultStore(args.store) as store:
-            report = precompute(
-                task,
-                store,
-                args.samples,
-                args.sample_seed,
-                batch_size=args.batch_size,
-                progress=not args.no_progress,
-                method=args.method,
-                pool=pool_from_option(args.ray),
-            )
-    except (ValueError, OSError) as exc:
-        print(f"precompute: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "precompute: interrupted; finished batches are stored, rerun to resume", file=sys.stderr
-        )
-        return 130
-    if args.json:
-        print(report.to_json(), flush=True)
-    else:
-        print(
-            f"datamodel {report.method} on {report.num_samples} samples for task "
-            f"{report.task_hash[:16]}: {report.retrained} retrained, {report.reused} reused, "
-            f"{report.wall_s:.1f}s ({report.models_per_s:.1f} models/s); stored in {args.store}",
-            flush=True,
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -27,7 +27,8 @@ TESTS = Path(__file__).resolve().parent
 pytest.importorskip("protocol.prg", reason="protocol.prg not written yet")
 pytest.importorskip("prover.datamodel", reason="prover.datamodel not written yet")
 
-from prover.precompute import main, precompute, sample_subsets  # noqa: E402
+from prover.cli import main  # noqa: E402
+from prover.precompute import precompute, sample_subsets  # noqa: E402
 
 
 class SlowTask(Task):
@@ -275,7 +276,7 @@ def test_precompute_in_process(tmp_path: Path) -> None:
 def test_cli_on_synthetic_task(tmp_path: Path) -> None:
     pytest.importorskip("protocol.tasks.synthetic")
     store = tmp_path / "cli.sqlite3"
-    cmd = [sys.executable, "-m", "prover.precompute", "--task", "synthetic:n=20",
+    cmd = [sys.executable, "-m", "prover.cli", "precompute", "--task", "synthetic:n=20",
            "--store", str(store), "--samples", "100", "--batch-size", "32", "--json",
            "--no-progress"]  # fmt: skip
     runs = []
@@ -289,19 +290,21 @@ def test_cli_on_synthetic_task(tmp_path: Path) -> None:
 
 def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = str(tmp_path / "e.sqlite3")
-    base = ["--task", "synthetic:n=20", "--store", store]
+    base = ["precompute", "--task", "synthetic:n=20", "--store", store]
     assert main([*base, "--samples", "0"]) == 2
     assert "positive" in capsys.readouterr().err
     assert main([*base, "--samples", "10", "--sample-seed", "xyz"]) == 2
     assert "hex" in capsys.readouterr().err
     assert main([*base, "--samples", "10", "--batch-size", "-1"]) == 2
-    assert main(["--store", store, "--samples", "10"]) == 2  # --task missing
-    assert "--task" in capsys.readouterr().err
-    assert main(["--task", "no-such-task", "--store", store, "--samples", "5"]) == 2
+    assert "positive" in capsys.readouterr().err
+    assert main([*base, "--samples", "10", "--no-such-flag"]) == 2
+    assert "--no-such-flag" in capsys.readouterr().err
+    assert main(["precompute", "--task", "no-such-task", "--store", store, "--samples", "5"]) == 2
     assert "unknown task" in capsys.readouterr().err
     garbage = tmp_path / "garbage.sqlite3"
     garbage.write_text("hello")
-    assert main(["--task", "synthetic:n=20", "--store", str(garbage), "--samples", "5"]) == 2
+    assert main(["precompute", "--task", "synthetic:n=20", "--store", str(garbage),
+                 "--samples", "5"]) == 2  # fmt: skip
     assert "not a result store" in capsys.readouterr().err
 
 
