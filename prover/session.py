@@ -20,6 +20,7 @@ import numpy as np
 
 from proto.attribution.v1 import attribution_pb2 as pb
 from protocol import PROTOCOL_VERSION
+from protocol.certify import weights_to_bytes
 from protocol.challenges import ChallengeRound, ChallengeSpec, PrivateSample
 from protocol.claim import claim_digest
 from protocol.limits import (
@@ -329,9 +330,9 @@ class ProverSession:
                 proof=list(data.proof),
             )
             if request.with_weights:
-                msg.weights = np.ascontiguousarray(
-                    self.strategy.open_weights(answers, index), dtype="<f8"
-                ).tobytes()
+                (msg.weights,) = weights_to_bytes(
+                    np.atleast_2d(self.strategy.open_weights(answers, index))
+                )
             yield msg
         self._touch()
 
@@ -375,7 +376,7 @@ class ProverSession:
                 f_values=np.asarray(batch.f_values, dtype=np.float64).ravel().tolist(),
                 seeds=[int(v) for v in batch.seeds],
                 weights_digests=b"".join(batch.digests),
-                weights=np.ascontiguousarray(batch.weights, dtype="<f8").tobytes(),
+                weights=b"".join(weights_to_bytes(batch.weights)),
             )
             yield msg
         self._touch()
@@ -427,10 +428,8 @@ class ProverSession:
                 weights = self.strategy.supply_models(sample.masks(indices), progress)
             except ValueError as exc:
                 raise ProtocolFault("FAILED_PRECONDITION", str(exc)) from exc
-            for index, w in zip(indices.tolist(), weights, strict=True):
-                msg = pb.SuppliedModel(
-                    index=index, weights=np.ascontiguousarray(w, dtype="<f8").tobytes()
-                )
+            for index, blob in zip(indices.tolist(), weights_to_bytes(weights), strict=True):
+                msg = pb.SuppliedModel(index=index, weights=blob)
                 yield msg
             self._touch()
         log.info(
