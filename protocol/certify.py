@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from protocol import trainer
-from protocol.tasks.base import Task
+from protocol.tasks.base import CertifiableTask, Task
 from protocol.tasks.real import LogisticRegressionTask
 
 #: Unit roundoff of float64 (2⁻⁵³).
@@ -177,11 +177,11 @@ class CertifiedCheck:
 
 
 def supports_certified_checks(task: Task) -> bool:
-    """True when ``task`` admits certified checks: a λ-strongly-convex logistic-regression task.
+    """True when ``task`` admits certified checks: a λ-strongly-convex :class:`CertifiableTask`.
 
     Non-convex tasks (MLP) and synthetic tasks have no gradient certificate and return False.
     """
-    return isinstance(task, LogisticRegressionTask) and bool(task.l2 > 0 and np.isfinite(task.l2))
+    return isinstance(task, CertifiableTask) and task.strongly_convex
 
 
 def _rounding_slack(

@@ -15,7 +15,7 @@ import numpy as np
 
 from protocol import merkle
 from protocol.challenges import ChallengeRound, ChallengeSpec
-from protocol.tasks.base import Progress, RetrainResult, Task
+from protocol.tasks.base import CertifiableTask, Progress, RetrainResult, Task
 
 
 @dataclass(frozen=True)
@@ -101,11 +101,11 @@ def weights_buffer(rows: int, dim: int) -> np.ndarray:
 
 
 def trains_weights(task: Task) -> bool:
-    """True when the task exposes its trained weights (``train`` and ``outputs``).
+    """True when the task exposes its trained weights (a :class:`CertifiableTask`).
 
     Such tasks (the strongly convex ones) can be checked from weights with one gradient pass.
     """
-    return callable(getattr(task, "train", None)) and callable(getattr(task, "outputs", None))
+    return isinstance(task, CertifiableTask)
 
 
 def _checkpoint(progress: Progress | None) -> None:

@@ -267,3 +267,38 @@ def test_measure_costs(task: LogisticRegressionTask, masks: np.ndarray) -> None:
     assert cmp.certify_seconds > 0
     assert 0 < cmp.flop_ratio < 0.5
     assert cmp.newton_iterations_per_model >= 1
+
+
+def test_certified_checks_follow_the_certifiable_task_interface() -> None:
+    from protocol.tasks.base import CertifiableTask
+    from prover.strategy import trains_weights
+
+    logreg = registry.load_task("digits-logreg:z=1")
+    assert isinstance(logreg, CertifiableTask)
+    assert certify.supports_certified_checks(logreg)
+    assert trains_weights(logreg)
+    for selector in ("digits-mlp", "synthetic:n=20"):  # non-convex, and no weights at all
+        other = registry.load_task(selector)
+        assert not isinstance(other, CertifiableTask)
+        assert not certify.supports_certified_checks(other)
+        assert not trains_weights(other)
+    logreg.l2 = 0.0  # weights still, but no longer strongly convex: no certificate
+    assert trains_weights(logreg)
+    assert not certify.supports_certified_checks(logreg)
+
+
+def test_no_capability_is_sniffed_from_a_task_class_or_attribute() -> None:
+    """CertifiableTask is the one test of what a task can do: nothing outside protocol/tasks asks
+    isinstance(..., LogisticRegressionTask) for it, or probes ``train``/``outputs`` by name."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    sniff = re.compile(r"getattr\([^)]*[\"'](train|outputs)[\"']|isinstance\(task, LogisticRegr")
+    found = []
+    for d in ("protocol", "prover", "verifier", "simulations"):
+        for p in (root / d).rglob("*.py"):
+            rel = str(p.relative_to(root))
+            if not rel.startswith("protocol/tasks/") and sniff.search(p.read_text()):
+                found.append(rel)
+    assert found == []

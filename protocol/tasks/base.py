@@ -170,3 +170,35 @@ class Task(ABC):
             raise ValueError(f"masks must be boolean, got dtype {masks.dtype}")
         if seeds.shape != (masks.shape[0],):
             raise ValueError(f"seeds must have shape ({masks.shape[0]},), got {seeds.shape}")
+
+
+class CertifiableTask(Task):
+    """A task whose models are the weights of a convex objective: ``train`` returns them and
+    ``outputs`` maps them to f-values, so a prover can open its weights and a verifier can check
+    them instead of retraining.
+
+    When :attr:`strongly_convex` (λ = ``l2`` > 0), ‖w − w*_S‖ ≤ ‖∇L_S(w)‖/λ, so one gradient pass
+    over ``design`` certifies a model's f within the task's tolerance (``protocol.certify``).
+    """
+
+    #: The training design (features with the bias column, labels), read by the gradient pass.
+    design: Any
+    #: λ, the L2 penalty of the objective.
+    l2: float
+    #: Gradient-norm tolerance every honest retraining reaches.
+    tol: float
+
+    @abstractmethod
+    def train(
+        self, masks: np.ndarray, progress: Progress | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Weights (K, d+1) and achieved gradient norms (K,), one row per mask row."""
+
+    @abstractmethod
+    def outputs(self, weights: np.ndarray) -> np.ndarray:
+        """f-values (K, Z) of weights (K, d+1)."""
+
+    @property
+    def strongly_convex(self) -> bool:
+        """True when λ > 0 is finite: models can be certified from their weights."""
+        return bool(self.l2 > 0 and np.isfinite(self.l2))

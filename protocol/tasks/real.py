@@ -30,7 +30,7 @@ import numpy as np
 
 from protocol import trainer
 from protocol.tasks import datasets
-from protocol.tasks.base import Progress, RetrainResult, Task
+from protocol.tasks.base import CertifiableTask, Progress, RetrainResult, Task
 
 #: Logistic-regression defaults shared by every logreg task.
 DEFAULT_L2 = 1e-2
@@ -230,7 +230,7 @@ class _RealTask(Task):
         return seeds.astype(np.uint64)
 
 
-class LogisticRegressionTask(_RealTask):
+class LogisticRegressionTask(_RealTask, CertifiableTask):
     """L2-regularised logistic regression trained by batched Newton to a gradient tolerance.
 
     Objective (bias last in w and regularised too, so the objective is λ-strongly convex for every
