@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,7 +17,6 @@ import numpy as np
 import pytest
 
 from protocol.progress import retraining_progress
-from protocol.tasks.base import Progress, RetrainResult, Task
 from prover.store import ResultStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,85 +27,14 @@ pytest.importorskip("prover.datamodel", reason="prover.datamodel not written yet
 
 from prover.cli import main  # noqa: E402
 from prover.precompute import precompute, sample_subsets  # noqa: E402
-
-
-class SlowTask(Task):
-    """A deterministic fake task that sleeps ``delay_s`` per model (so a run can be killed midway).
-
-    f_t(x) = tanh(<w_t, x> / sqrt(N)) + 0.01 * u(seed, subset) with u in [-1, 1] from SHA-256: a
-    pure function of (subset, seed), like a real retraining with seed-dependent noise. With
-    ``pause_after`` set, it creates ``pause_file`` and hangs (until killed) just before training
-    model number ``pause_after`` of this process, i.e. in the middle of a batch.
-    """
-
-    name = "slow-fake"
-
-    def __init__(
-        self,
-        delay_s: float = 0.0,
-        n: int = 24,
-        z: int = 2,
-        pause_after: int | None = None,
-        pause_file: str | None = None,
-    ) -> None:
-        super().__init__(f"slow-fake:n={n},z={z}")
-        self.delay_s = delay_s
-        self._n, self._z = n, z
-        self.pause_after, self.pause_file = pause_after, pause_file
-        self.w = np.random.default_rng(11).normal(size=(z, n))
-        self.trained = 0
-
-    @property
-    def num_train_points(self) -> int:
-        return self._n
-
-    @property
-    def num_targets(self) -> int:
-        return self._z
-
-    @property
-    def p(self) -> float:
-        return 0.5
-
-    @property
-    def output_bound(self) -> float:
-        return 1.01
-
-    def spec(self) -> dict[str, Any]:  # delay and pausing are not part of the identity
-        return {"name": self.name, "n": self._n, "z": self._z}
-
-    def data_bytes(self) -> bytes:
-        return self.w.tobytes()
-
-    def retrain(
-        self, masks: np.ndarray, seeds: np.ndarray, progress: Progress | None = None
-    ) -> RetrainResult:
-        self.validate_inputs(masks, seeds)
-        f = np.empty((len(masks), self._z))
-        digests = []
-        for k, (mask, seed) in enumerate(zip(masks, seeds, strict=True)):
-            if self.trained == self.pause_after and self.pause_file:
-                Path(self.pause_file).touch()
-                while True:  # hang mid-batch until the test kills this process
-                    time.sleep(0.05)
-            if self.delay_s:
-                time.sleep(self.delay_s)
-            h = hashlib.sha256(np.packbits(mask).tobytes() + int(seed).to_bytes(8, "little"))
-            u = int.from_bytes(h.digest()[:8], "little") / 2**64 * 2 - 1
-            f[k] = np.tanh(self.w @ (2.0 * mask - 1.0) / np.sqrt(self._n)) + 0.01 * u
-            digests.append(h.digest())
-            self.trained += 1
-            if progress is not None:
-                progress(1)
-        return RetrainResult(f=f, weights_digests=digests)
-
+from tests.fakes import SlowTask  # noqa: E402
 
 SEED = bytes.fromhex("5eed" * 8)
 
 _SCRIPT = """
 import json, sys
 sys.path[:0] = [{repo!r}, {tests!r}]
-from test_precompute import SlowTask
+from fakes import SlowTask
 from prover.precompute import precompute
 from prover.store import ResultStore
 

@@ -6,12 +6,11 @@ import hashlib
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from protocol.tasks.base import Progress, RetrainResult, Task
+from protocol.tasks.base import RetrainResult
 from prover.store import (
     SCHEMA_VERSION,
     ResultStore,
@@ -19,63 +18,10 @@ from prover.store import (
     subset_digest,
     subset_digests,
 )
+from tests.fakes import CountingTask
 
 TASK = "ab" * 32
 OTHER_TASK = "cd" * 32
-
-
-class CountingTask(Task):
-    """A tiny exact task: f_t(x) = tanh(<w_t, x>) + 1e-3 * (seed mod 7); counts models trained."""
-
-    name = "counting"
-
-    def __init__(self, n: int = 12, z: int = 2, grad: bool = False) -> None:
-        super().__init__(f"counting:n={n},z={z}")
-        self._n, self._z, self._grad = n, z, grad
-        self.w = np.random.default_rng(0).normal(size=(z, n))
-        self.trained = 0
-        self.calls: list[int] = []
-        self.fail_on_call: int | None = None
-
-    @property
-    def num_train_points(self) -> int:
-        return self._n
-
-    @property
-    def num_targets(self) -> int:
-        return self._z
-
-    @property
-    def p(self) -> float:
-        return 0.5
-
-    @property
-    def output_bound(self) -> float:
-        return 2.0
-
-    def spec(self) -> dict[str, Any]:
-        return {"name": self.name, "n": self._n, "z": self._z, "grad": self._grad}
-
-    def data_bytes(self) -> bytes:
-        return self.w.tobytes()
-
-    def retrain(
-        self, masks: np.ndarray, seeds: np.ndarray, progress: Progress | None = None
-    ) -> RetrainResult:
-        self.validate_inputs(masks, seeds)
-        if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
-            self.calls.append(len(masks))
-            raise RuntimeError("injected training failure")
-        self.calls.append(len(masks))
-        x = 2.0 * masks - 1.0
-        f = np.tanh(x @ self.w.T) + 1e-3 * (seeds % 7).astype(np.float64)[:, None]
-        digests = [hashlib.sha256(m.tobytes() + int(s).to_bytes(8, "little")).digest()
-                   for m, s in zip(masks, seeds, strict=True)]  # fmt: skip
-        self.trained += len(masks)
-        if progress is not None:
-            progress(len(masks))
-        grads = np.abs(f[:, 0]) * 1e-6 if self._grad else None
-        return RetrainResult(f=f, weights_digests=digests, grad_norms=grads)
 
 
 def _inputs(k: int, n: int = 12, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
