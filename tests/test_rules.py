@@ -344,3 +344,35 @@ def test_simulated_spot_check_needs_its_rng_only_when_the_prover_lied() -> None:
     ev.rng = np.random.default_rng(0)
     ev.spot_check(40)  # every member checked: a lie is certainly hit
     assert ev.caught
+
+
+def test_driver_reports_no_self_fit_for_a_target_without_a_positive_epsilon(monkeypatch) -> None:
+    """A relative ε whose Var f estimate is not positive leaves that target's self-fit undefined;
+    the verdict stands and the estimate covers the other targets (it used to raise, turning a
+    decided run into an internal error)."""
+    from types import SimpleNamespace
+
+    from protocol.economics import self_fit_retrainings
+    from protocol.rules.base import RuleOutcome
+    from verifier import driver
+
+    outcome = RuleOutcome(
+        verdict=Verdict.ACCEPT, reason="ok", details={},
+        mse_estimate=np.array([0.02, 0.01]), epsilon_estimate=np.array([0.1, 0.0]),
+        self_fit_method="m",
+    )  # fmt: skip
+
+    class Fixed:
+        def run(self, *args):
+            return outcome
+
+    monkeypatch.setattr(driver, "rule_for", lambda name: Fixed())
+    session = SimpleNamespace(
+        rule=RuleName.PRACTICAL, plan=None, intercepts=None, coefficients=None,
+        checks=CheckMode.RETRAIN, spot_summary=None, N=100,
+    )  # fmt: skip
+    verdict, _, details = driver._decide(session, None, None)
+    assert verdict is Verdict.ACCEPT
+    assert details["self_fit_retrainings"] == self_fit_retrainings(100, [0.02], [0.1])
+    outcome.epsilon_estimate = np.array([0.0, -1.0])
+    assert driver._decide(session, None, None)[2]["self_fit_retrainings"] is None

@@ -128,9 +128,12 @@ def _decide(
     )
     details = dict(outcome.details)
     details["spot_check"] = session.spot_summary
-    eps = outcome.epsilon_estimate
-    details["self_fit_retrainings"] = self_fit_retrainings(
-        session.N, outcome.mse_estimate, np.where(eps > 0, eps, np.inf)
+    eps = np.asarray(outcome.epsilon_estimate, dtype=np.float64)
+    known = eps > 0  # a target whose Var f estimate is not positive has no self-fit ε
+    details["self_fit_retrainings"] = (
+        self_fit_retrainings(session.N, outcome.mse_estimate[known], eps[known])
+        if known.any()
+        else None
     )
     details["self_fit_floor"] = session.N + 1
     details["self_fit_method"] = outcome.self_fit_method
