@@ -33,6 +33,7 @@ import numpy as np
 
 from protocol.residual import sensitivity
 from protocol.rules.base import RuleName
+from protocol.validation import check_delta, check_rho
 
 #: Number of residual estimates per target: ŷ0, ŷρ, ŷ2ρ and B̂.
 ESTIMATES_PER_TARGET = 4
@@ -78,9 +79,7 @@ def _check_common(
     eps = _finite(epsilon, "epsilon")
     if eps <= 0:
         raise ValueError(f"epsilon must be > 0, got {eps}")
-    d = _finite(delta, "delta")
-    if not 0 < d < 1:
-        raise ValueError(f"delta must lie strictly between 0 and 1, got {d}")
+    d = check_delta(delta)
     b = _finite(output_bound, "output_bound")
     if b <= 0:
         raise ValueError(f"output_bound b must be > 0, got {b}")
@@ -92,10 +91,7 @@ def _check_common(
 
 
 def _check_rho(rho: Any) -> float:
-    r = _finite(rho, "rho")
-    if not 0 < r <= 0.5:
-        raise ValueError(f"rho must satisfy 0 < rho <= 0.5, got {r}")
-    return r
+    return check_rho(rho)
 
 
 # --------------------------------------------------------------------------------------------

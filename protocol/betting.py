@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from protocol.validation import check_delta
+
 #: Bet cap c: every factor is at least 1 − c.
 DEFAULT_CAP = 0.5
 #: Bets in the mixture, as multiples of the predicted λ*.
@@ -124,8 +126,8 @@ class BettingBound:
         if not multipliers or any(not (w > 0 and math.isfinite(w)) for w in multipliers):
             raise ValueError("multipliers must be positive and finite")
         d = _vec(delta, z, "delta")
-        if np.any((d <= 0) | (d >= 1)):
-            raise ValueError(f"delta must lie strictly between 0 and 1, got {delta!r}")
+        for value in d:
+            check_delta(value)
         self.side = side
         self.num_targets = z
         self.sign = 1.0 if side is Side.LOWER else -1.0

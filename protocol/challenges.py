@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocol import prg
+from protocol.validation import check_rho
 
 ROLES = ("x", "y0", "yrho", "y2rho")
 """Member roles within a tuple; member index i = 4*j + ROLES.index(role)."""
@@ -112,12 +113,7 @@ class ChallengeSpec:
             raise ValueError(f"public_seed must be {SEED_LEN} bytes, got {got}")
         _check_pos_int(self.num_tuples, "num_tuples")
         _check_pos_int(self.num_train_points, "num_train_points (N)")
-        try:
-            rho = float(self.rho)
-        except (TypeError, ValueError):
-            raise ValueError(f"rho must be a number in (0, 0.5], got {self.rho!r}") from None
-        if not (math.isfinite(rho) and 0.0 < rho <= 0.5):
-            raise ValueError(f"rho must satisfy 0 < rho <= 0.5 (so that 2*rho <= 1), got {rho}")
+        check_rho(self.rho)
         _check_prob(self.p, "p")
 
     @property

@@ -36,6 +36,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from protocol.challenges import MEMBERS_PER_TUPLE
+from protocol.validation import check_rho
 
 
 def sensitivity(rho: float) -> float:
@@ -122,9 +123,7 @@ def estimate_residual(f_values: np.ndarray, rho: float) -> ResidualEstimate:
     Raises ``ValueError`` unless ``f_values`` is a finite 2-D array with a positive multiple of 4
     rows and at least one column, and 0 < ρ ≤ 1/2. Never clips anything.
     """
-    r = float(rho)
-    if not (math.isfinite(r) and 0.0 < r <= 0.5):
-        raise ValueError(f"rho must satisfy 0 < rho <= 0.5, got {rho!r}")
+    r = check_rho(rho)
     f = np.asarray(f_values, dtype=np.float64)
     if f.ndim != 2 or f.shape[1] < 1:
         raise ValueError(f"f_values must have shape (4n, Z) with Z >= 1, got {f.shape}")
@@ -163,9 +162,7 @@ def residual_from_moments(
     it exhibits the fit's bias alone. Raises ``ValueError`` for mismatched shapes or non-finite
     input.
     """
-    r = float(rho)
-    if not (math.isfinite(r) and 0.0 < r <= 0.5):
-        raise ValueError(f"rho must satisfy 0 < rho <= 0.5, got {rho!r}")
+    r = check_rho(rho)
     arrays = [
         np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (y0, yrho, y2rho, second_moment)
     ]
@@ -205,15 +202,8 @@ def residual_from_moments(
 
 def residual_coefficients(rho: float) -> tuple[float, float, float]:
     """(A, B, C) = (3/(2ρ) − 1, 2/ρ, 1/(2ρ)): r = (v_x² + v_0²)/2 + v_x(A·v_0 − B·v_ρ + C·v_2ρ)."""
-    r = _check_rho(rho)
+    r = check_rho(rho)
     return 3.0 / (2.0 * r) - 1.0, 2.0 / r, 1.0 / (2.0 * r)
-
-
-def _check_rho(rho: Any) -> float:
-    r = float(rho)
-    if not (math.isfinite(r) and 0.0 < r <= 0.5):
-        raise ValueError(f"rho must satisfy 0 < rho <= 0.5, got {rho!r}")
-    return r
 
 
 def residual_samples(values: Any, rho: float) -> np.ndarray:
@@ -246,14 +236,14 @@ def residual_sample_range(bound: Any, rho: float) -> tuple[np.ndarray, np.ndarra
     decrease in t, so the min is at t = U: U²(1 − (A + B + C)) = U²(2 − 4/ρ).
     """
     u = np.asarray(bound, dtype=np.float64)
-    r = _check_rho(rho)
+    r = check_rho(rho)
     return u * u * (2.0 - 4.0 / r), 4.0 * u * u / r
 
 
 def residual_row_sum(rho: float) -> float:
     """Σ_ik |M_ik| = 1 + A + B + C = 4/ρ for r = vᵀMv: the most r moves per unit change of each
     member's value times the value bound (|Q(v + d) − Q(v)| ≤ (4/ρ)(2U·|d|∞ + |d|²∞))."""
-    return 4.0 / _check_rho(rho)
+    return 4.0 / check_rho(rho)
 
 
 def bias_coefficient(rho: float) -> float:
@@ -262,7 +252,7 @@ def bias_coefficient(rho: float) -> float:
     E r − B_{≥2} = Σ_{k≥3} B_k ρ^{k−1}(2^{k−1} − 2) (docs/accounting.md §4). For ρ ≤ 1/3 the sup is
     the k = 3 term 2ρ²; at ρ = 1/2 it is the limit 1 = 4ρ².
     """
-    r = _check_rho(rho)
+    r = check_rho(rho)
     if r >= 0.5:
         return 1.0  # terms 1 − 2^{2−k} increase to 1
     best, k = 0.0, 3

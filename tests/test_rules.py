@@ -164,7 +164,7 @@ def test_delta_split_spends_delta_on_each_side() -> None:
     assert s.accept_delta("spot") == pytest.approx(0.05 / 4)
     certified = DeltaSplit.of(0.05, 1, spot_sampled=False, epsilon_relative=False)
     assert set(certified.accept) == {"mse", "residual"}
-    with pytest.raises(ValueError, match="strictly between"):
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\)"):
         DeltaSplit.of(1.0, 1, spot_sampled=False, epsilon_relative=False)
 
 

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from protocol.rules.base import CheckMode, RecordContext, RecordError, RuleName, Verdict
 from protocol.rules.by_name import rule_for
 from protocol.rules.records import close, read, read_vector
+from protocol.validation import check_delta
 from verifier.certificate import CERTIFICATE_FORMAT, encode_certificate, signed_bytes
 from verifier.signing_keys import weak_key_reason
 
@@ -148,8 +149,10 @@ def _check_structure(cert: dict[str, Any]) -> dict[str, Any]:
             f"parameters.checks must be one of {', '.join(c.value for c in CheckMode)}"
         )
     delta = read(params, "delta", float, "parameters.")
-    if not 0 < delta < 1:
-        raise RecordError(f"parameters.delta must be in (0, 1), got {delta}")
+    try:
+        check_delta(delta, "parameters.delta")
+    except ValueError as exc:
+        raise RecordError(str(exc)) from None
     eps = params.get("epsilon")
     if not (isinstance(eps, int | float | list)) or isinstance(eps, bool):
         raise RecordError("parameters.epsilon must be a number or a list of numbers")

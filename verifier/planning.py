@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from protocol import validation
 from protocol.accounting import Plan, plan_manual, plan_theory
 from protocol.certify import supports_certified_checks
 from protocol.decision import datamodel_predictions
@@ -65,10 +66,7 @@ class PlanOptions:
 
 def check_delta(delta: float) -> float:
     """δ as a float in (0, 1); ``ValueError`` otherwise (the one δ check every path calls)."""
-    d = float(delta)
-    if not (math.isfinite(d) and 0.0 < d < 1.0):
-        raise ValueError(f"--delta must be in (0, 1), got {delta}")
-    return d
+    return validation.check_delta(delta, "--delta")
 
 
 def resolve_checks(option: str, task: Task) -> CheckMode:

@@ -64,6 +64,7 @@ from protocol.rules.base import (
 )
 from protocol.rules.records import close, read, read_vector
 from protocol.rules.tails import ClaimLaw, excess_moments
+from protocol.validation import check_delta
 
 #: ρ values the challenge planner chooses from (the pilot samples every one of them).
 RHO_GRID = (0.1, 0.2, 0.3, 0.5)
@@ -124,9 +125,7 @@ class DeltaSplit:
         cls, delta: float, num_targets: int, *, spot_sampled: bool, epsilon_relative: bool
     ) -> DeltaSplit:
         """The split for these settings; ``ValueError`` for δ outside (0, 1) or Z < 1."""
-        d = float(delta)
-        if not (math.isfinite(d) and 0.0 < d < 1.0):
-            raise ValueError(f"delta must lie strictly between 0 and 1, got {delta!r}")
+        d = check_delta(delta)
         z = int(num_targets)
         if z < 1:
             raise ValueError(f"num_targets must be >= 1, got {num_targets}")
