@@ -16,7 +16,39 @@ import numpy as np
 from protocol.tasks.base import Progress, RetrainResult, Task
 
 
-class SlowTask(Task):
+class _SmallTask(Task):
+    """N points, Z targets, p = 1/2, bound b, random weights w (Z, N) from ``weight_seed``."""
+
+    def __init__(self, selector: str, n: int, z: int, bound: float, weight_seed: int) -> None:
+        super().__init__(selector)
+        self._n, self._z, self._bound = n, z, bound
+        self.w = np.random.default_rng(weight_seed).normal(size=(z, n))
+        self.trained = 0
+
+    @property
+    def num_train_points(self) -> int:
+        return self._n
+
+    @property
+    def num_targets(self) -> int:
+        return self._z
+
+    @property
+    def p(self) -> float:
+        return 0.5
+
+    @property
+    def output_bound(self) -> float:
+        return self._bound
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "n": self._n, "z": self._z}
+
+    def data_bytes(self) -> bytes:
+        return self.w.tobytes()
+
+
+class SlowTask(_SmallTask):
     """A deterministic fake task that sleeps ``delay_s`` per model (so a run can be killed midway).
 
     f_t(x) = tanh(<w_t, x> / sqrt(N)) + 0.01 * u(seed, subset) with u in [-1, 1] from SHA-256: a
@@ -35,34 +67,10 @@ class SlowTask(Task):
         pause_after: int | None = None,
         pause_file: str | None = None,
     ) -> None:
-        super().__init__(f"slow-fake:n={n},z={z}")
+        # delay and pausing are not part of the identity
+        super().__init__(f"slow-fake:n={n},z={z}", n, z, bound=1.01, weight_seed=11)
         self.delay_s = delay_s
-        self._n, self._z = n, z
         self.pause_after, self.pause_file = pause_after, pause_file
-        self.w = np.random.default_rng(11).normal(size=(z, n))
-        self.trained = 0
-
-    @property
-    def num_train_points(self) -> int:
-        return self._n
-
-    @property
-    def num_targets(self) -> int:
-        return self._z
-
-    @property
-    def p(self) -> float:
-        return 0.5
-
-    @property
-    def output_bound(self) -> float:
-        return 1.01
-
-    def spec(self) -> dict[str, Any]:  # delay and pausing are not part of the identity
-        return {"name": self.name, "n": self._n, "z": self._z}
-
-    def data_bytes(self) -> bytes:
-        return self.w.tobytes()
 
     def retrain(
         self, masks: np.ndarray, seeds: np.ndarray, progress: Progress | None = None
@@ -87,40 +95,19 @@ class SlowTask(Task):
         return RetrainResult(f=f, weights_digests=digests)
 
 
-class CountingTask(Task):
+class CountingTask(_SmallTask):
     """A tiny exact task: f_t(x) = tanh(<w_t, x>) + 1e-3 * (seed mod 7); counts models trained."""
 
     name = "counting"
 
     def __init__(self, n: int = 12, z: int = 2, grad: bool = False) -> None:
-        super().__init__(f"counting:n={n},z={z}")
-        self._n, self._z, self._grad = n, z, grad
-        self.w = np.random.default_rng(0).normal(size=(z, n))
-        self.trained = 0
+        super().__init__(f"counting:n={n},z={z}", n, z, bound=2.0, weight_seed=0)
+        self._grad = grad
         self.calls: list[int] = []
         self.fail_on_call: int | None = None
 
-    @property
-    def num_train_points(self) -> int:
-        return self._n
-
-    @property
-    def num_targets(self) -> int:
-        return self._z
-
-    @property
-    def p(self) -> float:
-        return 0.5
-
-    @property
-    def output_bound(self) -> float:
-        return 2.0
-
     def spec(self) -> dict[str, Any]:
-        return {"name": self.name, "n": self._n, "z": self._z, "grad": self._grad}
-
-    def data_bytes(self) -> bytes:
-        return self.w.tobytes()
+        return {**super().spec(), "grad": self._grad}
 
     def retrain(
         self, masks: np.ndarray, seeds: np.ndarray, progress: Progress | None = None

@@ -76,33 +76,21 @@ class Checks(ABC):
         return 1.0
 
 
-class RetrainChecks(Checks):
-    """Sampled spot checks, each by retraining here; M retrained here."""
-
-    mode = CheckMode.RETRAIN
+class _SampledMembers(Checks):
+    """What both sampled modes share: nothing after a round, then a CSPRNG sample of members
+    opened with Merkle proofs (and weights when the session's mode certifies) and checked."""
 
     def after_round(self, session: VerifierSession, transport: Any) -> None:
         """Nothing: members are checked by a sample drawn after the last round."""
 
     def spot_check(self, session: VerifierSession, transport: Any, count: int) -> None:
-        """Open ``count`` members with their Merkle proofs and retrain each (CHECKEQUIV)."""
+        """Open ``count`` members and check each: retrained here, or certified from its weights."""
         for opening in transport.open(session.open_request(count)):
             session.ingest_opening(opening)
         session.check_spot_openings()
 
-    def mse(
-        self,
-        session: VerifierSession,
-        transport: Any,
-        first: int,
-        count: int,
-        progress: Progress | None = None,
-    ) -> np.ndarray:
-        """Retrain M's members here (the prover never learns M)."""
-        return session.retrain_mse(first, count)
 
-
-class _Certified(Checks):
+class _SuppliedModels(Checks):
     """What both certified modes share: M supplied by the prover and certified, and the cost of
     one gradient pass."""
 
@@ -137,7 +125,24 @@ class _Certified(Checks):
         return float(per["gradient_pass_retraining_equivalents"]) / 1000.0
 
 
-class CertifyEveryMember(_Certified):
+class RetrainChecks(_SampledMembers):
+    """Sampled spot checks, each by retraining here; M retrained here."""
+
+    mode = CheckMode.RETRAIN
+
+    def mse(
+        self,
+        session: VerifierSession,
+        transport: Any,
+        first: int,
+        count: int,
+        progress: Progress | None = None,
+    ) -> np.ndarray:
+        """Retrain M's members here (the prover never learns M)."""
+        return session.retrain_mse(first, count)
+
+
+class CertifyEveryMember(_SuppliedModels):
     """Every member of every round opened with its weights and certified as the round arrives."""
 
     mode = CheckMode.CERTIFIED
@@ -152,19 +157,11 @@ class CertifyEveryMember(_Certified):
         """Nothing: every member was certified with its round."""
 
 
-class CertifySampledMembers(_Certified):
-    """Sampled spot checks, each opened with its weights and certified."""
+class CertifySampledMembers(_SampledMembers, _SuppliedModels):
+    """Sampled spot checks, each opened with its weights and certified; M supplied and
+    certified."""
 
     mode = CheckMode.CERTIFIED_SPOT
-
-    def after_round(self, session: VerifierSession, transport: Any) -> None:
-        """Nothing: members are checked by a sample drawn after the last round."""
-
-    def spot_check(self, session: VerifierSession, transport: Any, count: int) -> None:
-        """Open ``count`` members with proofs and weights and certify each."""
-        for opening in transport.open(session.open_request(count)):
-            session.ingest_opening(opening)
-        session.check_spot_openings()
 
 
 _BY_MODE: dict[CheckMode, type[Checks]] = {
