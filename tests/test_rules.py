@@ -376,3 +376,31 @@ def test_driver_reports_no_self_fit_for_a_target_without_a_positive_epsilon(monk
     assert details["self_fit_retrainings"] == self_fit_retrainings(100, [0.02], [0.1])
     outcome.epsilon_estimate = np.array([0.0, -1.0])
     assert driver._decide(session, None, None)[2]["self_fit_retrainings"] is None
+
+
+def test_each_rule_plans_for_itself_and_refuses_what_it_cannot_honour() -> None:
+    from dataclasses import replace
+
+    from verifier.planning import PlanOptions
+
+    asked = PlanOptions(epsilon=0.3, pairs=100, spot_checks=8, mse_samples=50)
+    costs: list[str] = []
+
+    def cost() -> float:
+        costs.append("asked")
+        return 0.1
+
+    theory = rule_for(RuleName.THEORY).plan(asked, TASK, CheckMode.RETRAIN, cost)
+    assert theory.rule is RuleName.THEORY
+    manual = rule_for(RuleName.MANUAL).plan(asked, TASK, CheckMode.CERTIFIED, cost)
+    assert (manual.rule, manual.spot_checks) == (RuleName.MANUAL, 4 * 100)  # every member
+    assert costs == []  # the paper's rule never asks what a check costs
+    practical = rule_for(RuleName.PRACTICAL).plan(asked, TASK, CheckMode.CERTIFIED, cost)
+    assert isinstance(practical, type(_plan()))
+    assert costs == ["asked"]
+    with pytest.raises(ValueError, match="epsilon-rel needs --mode practical"):
+        rule_for(RuleName.MANUAL).plan(replace(asked, epsilon_rel=0.1), TASK, CheckMode.RETRAIN,
+                                       cost)  # fmt: skip
+    with pytest.raises(ValueError, match="max-tuples"):
+        rule_for(RuleName.PRACTICAL).plan(replace(asked, max_tuples=-1), TASK, CheckMode.RETRAIN,
+                                          cost)  # fmt: skip

@@ -8,17 +8,18 @@ from the task hash (the seed is recorded in the plan), so the same inputs give t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from protocol import validation
-from protocol.accounting import Plan, plan_manual, plan_theory
+from protocol.accounting import Plan
 from protocol.certify import supports_certified_checks
 from protocol.decision import datamodel_predictions
-from protocol.limits import MAX_SESSION_MODELS, MAX_SESSION_TUPLES
+from protocol.limits import MAX_SESSION_TUPLES
 from protocol.rules.base import CheckMode, RuleName
+from protocol.rules.by_name import rule_for
 from protocol.rules.practical import (
     DEFAULT_MSE_CAP,
     DEFAULT_TUPLE_CAP,
@@ -29,7 +30,6 @@ from protocol.rules.practical import (
     ClaimSetup,
     PilotData,
     PracticalPlan,
-    make_plan,
     pilot_data,
     pilot_residual_weight,
     pilot_size,
@@ -97,59 +97,9 @@ def make_verifier_plan(options: PlanOptions, task: Task) -> tuple[PracticalPlan 
     if options.epsilon is not None and options.epsilon_rel is not None:
         raise ValueError("give --epsilon or --epsilon-rel, not both")
     checks = resolve_checks(options.checks, task)
-    if options.mode is RuleName.PRACTICAL:
-        if not 2 <= options.max_mse_samples <= MAX_SESSION_MODELS:
-            raise ValueError(
-                f"--max-mse-samples must be in [2, {MAX_SESSION_MODELS}] (the protocol's "
-                "per-session limit on supplied models)"
-            )
-        if not 0 <= options.max_tuples <= MAX_SESSION_TUPLES:
-            raise ValueError(
-                f"--max-tuples must be in [0, {MAX_SESSION_TUPLES}] (the protocol's per-session "
-                "limit on challenge tuples)"
-            )
-        epsilon = None if options.epsilon_rel is not None else (options.epsilon or 0.2)
-        plan = make_plan(
-            delta=delta,
-            output_bound=task.output_bound,
-            tolerance=task.tolerance,
-            num_targets=task.num_targets,
-            num_train_points=task.num_train_points,
-            p=task.p,
-            checks=checks,
-            task_hash=task.identity().task_hash,
-            epsilon=epsilon,
-            epsilon_rel=options.epsilon_rel,
-            mse_cap=options.max_mse_samples,
-            tuple_cap=options.max_tuples,
-            pilot_tuples=options.pilot_tuples,
-            check_cost=check_cost(task, checks),
-        )
-        return plan, checks
-    if options.epsilon_rel is not None:
-        raise ValueError("--epsilon-rel needs --mode practical (Var f is bounded there)")
-    if options.pairs < 1 or options.spot_checks < 1 or options.mse_samples < 1:
-        raise ValueError("--pairs, --spot-checks and --mse-samples must be positive")
-    common = {
-        "epsilon": options.epsilon or 0.2,
-        "delta": delta,
-        "output_bound": task.output_bound,
-        "tolerance": task.tolerance,
-        "num_targets": task.num_targets,
-    }
-    if options.mode is RuleName.THEORY:
-        return plan_theory(**common), checks
-    all_members = checks is CheckMode.CERTIFIED
-    return (
-        plan_manual(
-            **common,
-            pairs_per_level=options.pairs,
-            spot_checks=4 * options.pairs if all_members else options.spot_checks,
-            mse_samples=options.mse_samples,
-            rho=options.rho,
-        ),
-        checks,
-    )
+    rule = rule_for(options.mode)
+    plan = rule.plan(replace(options, delta=delta), task, checks, lambda: check_cost(task, checks))
+    return plan, checks
 
 
 def local_pilot(task: Task, plan: PracticalPlan, num_tuples: int, claim: Any = None) -> PilotData:

@@ -9,6 +9,7 @@ runs whose (ε, δ) guarantee holds at the ε the user asked for; a run that cer
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
@@ -134,6 +135,23 @@ class RuleOutcome:
     raw: Any = None
 
 
+class PlanRequest(Protocol):
+    """What a user asks a rule to plan for (``verifier.planning.PlanOptions`` is one)."""
+
+    epsilon: float | None
+    epsilon_rel: float | None
+    delta: float
+    # the practical rule's caps and pilot
+    max_mse_samples: int
+    max_tuples: int
+    pilot_tuples: int
+    # the paper's rule at manual sizes
+    pairs: int
+    spot_checks: int
+    mse_samples: int
+    rho: float
+
+
 @dataclass(frozen=True)
 class RecordContext:
     """What a certificate says around its decision, checked before the rule rechecks it."""
@@ -154,6 +172,14 @@ class Rule(ABC):
     """
 
     name: RuleName
+
+    @abstractmethod
+    def plan(
+        self, request: PlanRequest, task: Any, checks: CheckMode, check_cost: Callable[[], float]
+    ) -> Any:
+        """The plan this rule runs for ``request`` on ``task`` (δ already checked);
+        ``ValueError`` with a readable reason for options it cannot honour. ``check_cost()``
+        is the retraining-equivalents of one checked model, asked only if the rule needs it."""
 
     @abstractmethod
     def run(self, plan: Any, intercepts: Any, coefficients: Any, evidence: Evidence) -> RuleOutcome:

@@ -8,15 +8,18 @@ INCONCLUSIVE and reports the ε they do certify.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from protocol.accounting import GUARANTEE_RTOL, Plan
+from protocol.accounting import GUARANTEE_RTOL, Plan, plan_manual, plan_theory
 from protocol.decision import Decision, datamodel_range, decide, mse_estimate
 from protocol.residual import estimate_residual
 from protocol.rules.base import (
+    CheckMode,
     Evidence,
+    PlanRequest,
     RecordContext,
     RecordError,
     Rule,
@@ -49,6 +52,32 @@ class PaperRule(Rule):
         if not name.is_paper:
             raise ValueError(f"{name.value} is not a paper rule")
         self.name = name
+
+    def plan(
+        self, request: PlanRequest, task: Any, checks: CheckMode, check_cost: Callable[[], float]
+    ) -> Plan:
+        """The paper's worst-case sizes (theory) or the user's (manual; every member is
+        checked under certified checks); absolute ε only (default 0.2)."""
+        if request.epsilon_rel is not None:
+            raise ValueError("--epsilon-rel needs --mode practical (Var f is bounded there)")
+        if request.pairs < 1 or request.spot_checks < 1 or request.mse_samples < 1:
+            raise ValueError("--pairs, --spot-checks and --mse-samples must be positive")
+        common = {
+            "epsilon": request.epsilon or 0.2,
+            "delta": request.delta,
+            "output_bound": task.output_bound,
+            "tolerance": task.tolerance,
+            "num_targets": task.num_targets,
+        }
+        if self.name is RuleName.THEORY:
+            return plan_theory(**common)
+        return plan_manual(
+            **common,
+            pairs_per_level=request.pairs,
+            spot_checks=4 * request.pairs if checks.all_members else request.spot_checks,
+            mse_samples=request.mse_samples,
+            rho=request.rho,
+        )
 
     def run(self, plan: Any, intercepts: Any, coefficients: Any, evidence: Evidence) -> RuleOutcome:
         """One challenge round of ``plan.pairs_per_level`` tuples at ρ, its spot checks, then the

@@ -45,6 +45,7 @@ from protocol.betting import (
     growth_rate,
 )
 from protocol.challenges import MEMBERS_PER_TUPLE
+from protocol.limits import MAX_SESSION_MODELS, MAX_SESSION_TUPLES
 from protocol.residual import (
     bias_coefficient,
     residual_row_sum,
@@ -55,6 +56,7 @@ from protocol.rules.base import (
     CheckMode,
     ClaimRejected,
     Evidence,
+    PlanRequest,
     RecordContext,
     RecordError,
     Rule,
@@ -1394,6 +1396,39 @@ class PracticalRule(Rule):
     B≥2(f − βg), ACCEPT only when err_upper ≤ ε for every target (docs/guarantee.md)."""
 
     name = RuleName.PRACTICAL
+
+    def plan(
+        self, request: PlanRequest, task: Any, checks: CheckMode, check_cost: Callable[[], float]
+    ) -> PracticalPlan:
+        """The practical plan: caps within the protocol's per-session limits, ε absolute
+        (default 0.2) or relative, and the task's bound, tolerance and hash."""
+        if not 2 <= request.max_mse_samples <= MAX_SESSION_MODELS:
+            raise ValueError(
+                f"--max-mse-samples must be in [2, {MAX_SESSION_MODELS}] (the protocol's "
+                "per-session limit on supplied models)"
+            )
+        if not 0 <= request.max_tuples <= MAX_SESSION_TUPLES:
+            raise ValueError(
+                f"--max-tuples must be in [0, {MAX_SESSION_TUPLES}] (the protocol's per-session "
+                "limit on challenge tuples)"
+            )
+        epsilon = None if request.epsilon_rel is not None else (request.epsilon or 0.2)
+        return make_plan(
+            delta=request.delta,
+            output_bound=task.output_bound,
+            tolerance=task.tolerance,
+            num_targets=task.num_targets,
+            num_train_points=task.num_train_points,
+            p=task.p,
+            checks=checks,
+            task_hash=task.identity().task_hash,
+            epsilon=epsilon,
+            epsilon_rel=request.epsilon_rel,
+            mse_cap=request.max_mse_samples,
+            tuple_cap=request.max_tuples,
+            pilot_tuples=request.pilot_tuples,
+            check_cost=check_cost(),
+        )
 
     def begin(
         self, plan: Any, intercepts: Any, coefficients: Any, evidence: PracticalEvidence
