@@ -90,10 +90,6 @@ def _check_common(
     return eps, d, b, tau, z
 
 
-def _check_rho(rho: Any) -> float:
-    return check_rho(rho)
-
-
 # --------------------------------------------------------------------------------------------
 # the individual terms
 
@@ -452,7 +448,7 @@ def plan_manual(
     guarantee_met = ε_cert ≤ ε. Raises ``ValueError`` only for invalid inputs.
     """
     eps, d, b, tau, z = _check_common(epsilon, delta, output_bound, tolerance, num_targets)
-    r = _check_rho(rho)
+    r = check_rho(rho)
     n = _pos_int(pairs_per_level, "pairs_per_level")
     k = _pos_int(spot_checks, "spot_checks", minimum=0)
     m_samples = _pos_int(mse_samples, "mse_samples")

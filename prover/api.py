@@ -88,7 +88,7 @@ class Prover:
         if self._server is not None:
             raise RuntimeError("this prover is already serving")
         if self.attribution is None:
-            self.attribution = fit_attribution(
+            self.attribution, _ = fit_attribution(
                 self.task, self._store, self.samples, self._seed, self._method, self._progress
             )
         servicer = honest_servicer(self.task, self.attribution, self._max_sessions)

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 
 from protocol.tasks.base import Task
+from prover.precompute import DEFAULT_BATCH_SIZE, PrecomputeReport, precompute, sample_subsets
+from prover.store import ResultStore
 from prover.strategy import Attribution
 
 log = logging.getLogger("prover")
@@ -34,26 +36,20 @@ def fit_attribution(
     method: str = "auto",
     progress: bool = True,
     pool: Any | None = None,
-    batch_size: int = 256,
-    report: list[Any] | None = None,
-) -> Attribution:
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> tuple[Attribution, PrecomputeReport]:
     """Retrain ``num_samples`` seeded B_p subsets (resumably, via the store) and fit a datamodel.
 
     Guarantees: the subsets and seeds are a pure function of ``sample_seed``; finished retrainings
     are stored as they complete, so a restarted prover redoes none of them. The returned
     attribution keeps its training set so sessions can refit with their challenge retrainings.
-    With ``report`` (a list), the run's :class:`prover.precompute.PrecomputeReport` is appended.
+    Returns the attribution and the run's report (how many samples were retrained and reused).
     """
-    from prover.precompute import precompute, sample_subsets
-    from prover.store import ResultStore
-
     store = ResultStore(store_path)
     run = precompute(
         task, store, num_samples, sample_seed, batch_size=batch_size, progress=progress,
         method=method, pool=pool,
     )  # fmt: skip
-    if report is not None:
-        report.append(run)
     model = store.load_datamodel(task.identity().task_hash, "default")
     log.info(
         "datamodel: %s on %d samples (%d retrained now, %d reused from %s)",
@@ -67,7 +63,7 @@ def fit_attribution(
     found, f, _digests, _norms = store.get_many(task.identity().task_hash, masks, _seeds)
     if not np.all(found):  # pragma: no cover - precompute just stored every one of them
         raise RuntimeError("datamodel samples missing from the store after precompute")
-    return Attribution(
+    attribution = Attribution(
         intercepts=model.intercepts,
         coefficients=model.coefficients,
         method=model.method,
@@ -75,3 +71,4 @@ def fit_attribution(
         training_masks=masks,
         training_f=f,
     )
+    return attribution, run

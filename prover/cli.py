@@ -10,7 +10,7 @@ from pathlib import Path
 from protocol.tasks import load_task_on
 from prover.claim_file import Basis
 from prover.datamodel import CLAIM_METHODS
-from prover.precompute import DEFAULT_SAMPLE_SEED
+from prover.precompute import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLE_SEED
 from prover.store import DEFAULT_STORE
 
 log = logging.getLogger("prover")
@@ -148,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="retrain seeded datamodel samples (resumably) and fit the claim ahead of any session",
     )
     _add_common(pre)
-    pre.add_argument("--batch-size", type=_positive_int, default=256, help="models per batch")
+    pre.add_argument(
+        "--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="models per batch"
+    )
     pre.add_argument("--json", action="store_true", help="print the run's report as one JSON line")
     pre.add_argument(
         "--export-attribution",
@@ -158,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _attribution(args: argparse.Namespace, task: object, report: list | None = None):  # type: ignore[no-untyped-def]
+def _attribution(  # type: ignore[no-untyped-def]
+    args: argparse.Namespace, task: object, batch_size: int = DEFAULT_BATCH_SIZE
+):
     from prover.attribution import default_num_samples, fit_attribution
 
     samples = (
@@ -172,8 +176,7 @@ def _attribution(args: argparse.Namespace, task: object, report: list | None = N
         method=args.method,
         progress=not args.no_progress,
         pool=_pool(args),
-        batch_size=getattr(args, "batch_size", 256),
-        report=report,
+        batch_size=batch_size,
     )
 
 
@@ -232,7 +235,7 @@ def _serve(args: argparse.Namespace) -> int:
         attribution = load_attribution_file(args.attribution, task, args.attribution_basis)
         log.info("claim: %s (%d targets × %d)", attribution.method, *attribution.coefficients.shape)
     else:
-        attribution = _attribution(args, task)
+        attribution, _ = _attribution(args, task)
 
     servicer = honest_servicer(
         task,
@@ -259,9 +262,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _precompute(args: argparse.Namespace) -> int:
     task = load_task_on(args.task, args.device)
-    runs: list = []
-    attribution = _attribution(args, task, runs)
-    report = runs[0]
+    attribution, report = _attribution(args, task, args.batch_size)
     if args.json:
         print(report.to_json(), flush=True)
     else:

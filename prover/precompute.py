@@ -28,6 +28,8 @@ log = logging.getLogger("prover")
 
 #: Fixed default seed of the datamodel's own samples, so a restarted prover reuses its work.
 DEFAULT_SAMPLE_SEED = bytes(32)
+#: Models retrained (and committed to the store) per batch.
+DEFAULT_BATCH_SIZE = 256
 #: Name under which the precomputed datamodel is saved in the store.
 DATAMODEL_NAME = "default"
 
@@ -83,7 +85,7 @@ def precompute(
     num_samples: int,
     sample_seed: bytes,
     *,
-    batch_size: int = 256,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
     method: str = "auto",
     pool: Any | None = None,

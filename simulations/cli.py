@@ -195,7 +195,7 @@ def _serve(args: argparse.Namespace) -> int:
         samples = (
             args.samples if args.samples is not None else default_num_samples(task, args.method)
         )
-        attribution = fit_attribution(
+        attribution, _ = fit_attribution(
             task, args.store, samples, DEFAULT_SAMPLE_SEED, method=args.method,
             progress=not args.no_progress,
         )  # fmt: skip

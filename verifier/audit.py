@@ -188,7 +188,9 @@ def _check_structure(cert: dict[str, Any]) -> dict[str, Any]:
         read(cert, "prover_identity", dict, "", nullable=True)
     read(cert, "decision", dict, "", nullable=not accepting)
     read(cert, "spot_check", dict, "", nullable=True)  # an accept on the MSE alone has none
-    return {"rule": rule, "z": z, "verdict": verdict, "epsilon": eps, "sizes": sizes}
+    return {
+        "rule": rule, "z": z, "verdict": verdict, "epsilon": eps, "delta": delta, "sizes": sizes,
+    }  # fmt: skip
 
 
 def _check_spot(cert: dict[str, Any]) -> None:
@@ -245,7 +247,7 @@ def audit_bytes(raw: bytes, cert: dict[str, Any], trusted_key: str | None = None
             record = RecordContext(
                 num_targets=info["z"],
                 epsilon=info["epsilon"],
-                delta=cert["parameters"]["delta"],
+                delta=info["delta"],
                 sizes=info["sizes"],
                 verdict=Verdict.parse(cert["verdict"]),
             )

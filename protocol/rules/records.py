@@ -16,6 +16,10 @@ from protocol.rules.base import RecordError
 REL_TOL = 1e-9
 
 
+def _finite_number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+
+
 def read(
     d: Any, key: str, kind: type | tuple[type, ...], where: str, nullable: bool = False
 ) -> Any:
@@ -27,7 +31,7 @@ def read(
     if v is None and nullable:
         return None
     if kind is float:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        if not _finite_number(v):
             raise RecordError(f"field {where}{key} must be a finite number, got {v!r}")
         return float(v)
     if kind is int and (isinstance(v, bool) or not isinstance(v, int)):
@@ -48,7 +52,7 @@ def read_vector(
     for x in v:
         if x is None and nullable_items:
             out.append(None)
-        elif isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        elif not _finite_number(x):
             raise RecordError(f"field {where}{key} must hold finite numbers, got {x!r}")
         else:
             out.append(float(x))
