@@ -45,7 +45,7 @@ DELTA = 0.05
 #: The provers of every cell, in order.
 PROVERS = ("honest", "scale-eps", "scale-2eps", "targeted-eps", "exploit-eps")
 #: Version of the trial computation; part of every cell key (a change makes new cells).
-ENGINE = "practical-v2"
+ENGINE = "practical-v3"
 
 
 @dataclass(frozen=True)

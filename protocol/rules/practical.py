@@ -86,8 +86,22 @@ MIN_BUDGET = 0.2
 SD_INFLATION = 1.2
 #: Cumulative challenge rounds, as fractions of the planned number of tuples.
 ROUND_FRACTIONS = (0.125, 0.25, 0.5, 1.0, 2.0)
-#: MSE samples per look.
+#: MSE samples per look: at least MSE_BATCH, else 1/MSE_GROWTH of those already held. Every
+#: bound is anytime-valid, so a look costs no δ; looking often only stops the sample nearer the
+#: size the verdict needed (12.5% past it at most, where doubling looks overshot up to 2×).
 MSE_BATCH = 512
+MSE_GROWTH = 8
+#: Bet cap c of the MSE bounds (the other bounds keep DEFAULT_CAP). An upper bound on a mean of
+#: losses in [0, hi] bets at most c/(hi − m), so while the losses are far below hi (an honest
+#: claim's) its width is about hi·ln(1/δ)/(c·n): a larger c is a proportionally narrower bound.
+#: Any c < 1 keeps the bound valid (docs/guarantee.md §2); what c costs is ln(1/(1 − c)) of capital
+#: per loss at the very top of the range, and no lie ever enters M (it is certified or retrained).
+MSE_BET_CAP = 0.9
+#: Shares φ of the accept budget the planner tries giving the MSE bound (the rest goes to the
+#: residual bound), then steps of BUDGET_SHARE_STEP around the best of them: the fine steps keep
+#: the chosen split from jumping when the pilot moves a little.
+BUDGET_SHARES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+BUDGET_SHARE_STEP = 0.0125
 #: Pilot tuples the planner starts with, and the most it grows to (3% of the verifier's work).
 PILOT_TUPLES = 64
 PILOT_MAX_TUPLES = 4096
@@ -612,13 +626,14 @@ def _samples_for(
     mask: np.ndarray,
     cap: int,
     lie_nats: float = 0.0,
+    bet_cap: float = DEFAULT_CAP,
 ) -> int | None:
-    """Fewest samples whose predicted betting bound reaches ``gap`` on every target in ``mask``
-    (and keeps ``lie_nats`` of capital to spare)."""
+    """Fewest samples whose predicted betting bound (bet cap ``bet_cap``) reaches ``gap`` on every
+    target in ``mask`` (and keeps ``lie_nats`` of capital to spare)."""
     need = capital_needed(alpha) + lie_nats
 
     def ok(n: int) -> bool:
-        got = n * growth_rate(gap, n, sd, range_gap, alpha)
+        got = n * growth_rate(gap, n, sd, range_gap, alpha, cap=bet_cap)
         return bool(np.all((got >= need)[mask]))
 
     return _smallest(ok, cap)
@@ -788,7 +803,7 @@ def _mse_only(
         return None
     count = int(state.get("mse_count", 0))
     m = _samples_for(w, mse_sd, mse_range - mse_hat, plan.split.accept_delta("mse"), und,
-                     plan.mse_cap)  # fmt: skip
+                     plan.mse_cap, bet_cap=MSE_BET_CAP)  # fmt: skip
     if m is None:
         return None
     m = max(m, count)
@@ -860,24 +875,36 @@ def _size_stage2(
             lam = bet_size(np.where(mask, d_high, d_low), n, sd * sd)
             return _Sizing(n, mse_count, k, 0, lam, cost_of(n, mse_count, k), "reject")
         budget = np.maximum(budget, MIN_BUDGET * eps_acc)  # a claim near ε: a bounded spend
-    for phi in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+
+    def sizing_at(phi: float) -> _Sizing | None:
+        """The cheapest sizing that gives the MSE bound the share ``phi`` of the budget."""
         w = phi * budget
         eta = (1.0 - phi) * budget * (1.0 + c)
-        m = _samples_for(w, mse_sd, mse_range - mse_hat, d_mse, und, cap_m)
+        m = _samples_for(w, mse_sd, mse_range - mse_hat, d_mse, und, cap_m, bet_cap=MSE_BET_CAP)
         if m is None:
-            continue
+            return None
         m = max(m, mse_count)
         n_min = _samples_for(eta, sd, est - lo, d_low, und, cap_n)
         if n_min is None:
-            continue
+            return None
         options = [(n_min, MEMBERS_PER_TUPLE * min(cap_n, 2 * n_min), 0)]
         if sampled:
             options = _sampled_options(n_min, eta, sd, est, lo, und, d_low, d_spot, cap_n)
-        for n, k, m_star in options:
-            cost = cost_of(n, m, k)
-            if best is None or cost < best.cost:
-                lam = bet_size(d_low, n, sd * sd)
-                best = _Sizing(n, m, k, m_star, lam, cost, "accept")
+        n, k, m_star = min(options, key=lambda o: cost_of(o[0], m, o[1]))
+        lam = bet_size(d_low, n, sd * sd)
+        return _Sizing(n, m, k, m_star, lam, cost_of(n, m, k), "accept")
+
+    tried: dict[float, _Sizing | None] = {phi: sizing_at(phi) for phi in BUDGET_SHARES}
+    found = [(s.cost, phi) for phi, s in tried.items() if s is not None]
+    if found:  # refine around the best share, so the split moves smoothly with the pilot
+        phi0 = min(found)[1]
+        for i in range(-3, 4):
+            phi = round(phi0 + BUDGET_SHARE_STEP * i, 4)
+            if BUDGET_SHARE_STEP <= phi < 1.0 and phi not in tried:
+                tried[phi] = sizing_at(phi)
+    for sizing in tried.values():
+        if sizing is not None and (best is None or sizing.cost < best.cost):
+            best = sizing
     if best is None:  # the caps cannot reach the gap: spend them (the run may end inconclusive)
         members = MEMBERS_PER_TUPLE * cap_n
         k = members
@@ -1054,11 +1081,12 @@ class PracticalRun:
         # MSE bounds on the clipped losses (+τ shift on the conservative side)
         self.mse_hi = _PlugIn(
             BettingBound(Side.UPPER, s.bound**2 + s.tau_loss, split.accept_delta("mse"),
-                         num_targets=z),
+                         num_targets=z, cap=MSE_BET_CAP),
             prior_var=np.full(z, b**4), horizon=4096,
         )  # fmt: skip
         self.mse_lo = _PlugIn(
-            BettingBound(Side.LOWER, -s.tau_loss, split.reject_delta("mse"), num_targets=z),
+            BettingBound(Side.LOWER, -s.tau_loss, split.reject_delta("mse"), num_targets=z,
+                         cap=MSE_BET_CAP),
             prior_var=np.full(z, b**4), horizon=4096,
         )  # fmt: skip
         self.mse_sum = np.zeros(z)
@@ -1238,7 +1266,7 @@ class PracticalRun:
             if self.mse_count >= plan.mse_cap // 4:
                 stop = "a quarter of the MSE cap spent before the challenges"
                 break
-            self._take_mse(max(MSE_BATCH, self.mse_count // 4))
+            self._take_mse(max(MSE_BATCH, self.mse_count // MSE_GROWTH))
         if plan.tuple_cap >= 1:  # stage 2: challenge rounds, the MSE growing alongside
             self._plan_stage2(st, ~ok)
             cp = self.challenge
@@ -1246,18 +1274,27 @@ class PracticalRun:
             for cumulative, mse_goal in itertools.zip_longest(cp.schedule, cp.mse_schedule):
                 if cumulative is not None and cumulative > self.tuples:
                     self._take_round(cumulative - self.tuples)
-                mse_target = mse_goal or 0
-                while self.mse_count < mse_target:
-                    self._take_mse(mse_target - self.mse_count)
-                decided = self._look()
+                    decided = self._look()
+                    if decided is not None:
+                        return decided
+                decided = self._grow_mse(mse_goal or 0)
                 if decided is not None:
                     return decided
-        while self.mse_count < plan.mse_cap:  # stage 3: the rest of M
-            self._take_mse(max(MSE_BATCH, self.mse_count // 4))
+        decided = self._grow_mse(plan.mse_cap)  # stage 3: the rest of M
+        if decided is not None:
+            return decided
+        return self._outcome(self.state(), f"every budget spent ({stop})")
+
+    def _grow_mse(self, target: int) -> PracticalOutcome | None:
+        """Take MSE samples up to ``target`` in steps of 1/MSE_GROWTH, looking after each step;
+        the outcome as soon as one look decides, else None."""
+        while self.mse_count < min(target, self.plan.mse_cap):
+            step = max(MSE_BATCH, self.mse_count // MSE_GROWTH)
+            self._take_mse(min(step, target - self.mse_count))
             decided = self._look()
             if decided is not None:
                 return decided
-        return self._outcome(self.state(), f"every budget spent ({stop})")
+        return None
 
     def _look(self) -> PracticalOutcome | None:
         """One look at every bound: the outcome if it is decided, else None."""
