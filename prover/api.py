@@ -11,7 +11,7 @@ import grpc
 
 from protocol.tasks import load_task
 from protocol.tasks.base import Task
-from prover.attribution import default_num_samples, fit_attribution
+from prover.attribution import fit_attribution
 from prover.precompute import DEFAULT_SAMPLE_SEED
 from prover.server import build_server
 from prover.servicer import ProverServicer
@@ -71,9 +71,9 @@ class Prover:
         attribution: Attribution | None = None,
     ) -> None:
         self.task = load_task(task) if isinstance(task, str) else task
-        self.samples = default_num_samples(self.task, method) if samples is None else samples
-        if self.samples < 1:
-            raise ValueError(f"samples must be positive, got {self.samples}")
+        if samples is not None and samples < 1:  # before serving; None: fit_attribution's default
+            raise ValueError(f"samples must be positive, got {samples}")
+        self.samples = samples
         check_plaintext_policy(host, credentials is not None, insecure_plaintext=False)
         self._store, self._seed, self._method = store, sample_seed, method
         self._host, self._port, self._workers = host, port, workers

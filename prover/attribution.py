@@ -31,20 +31,26 @@ def default_num_samples(task: Task, method: str = "auto") -> int:
 def fit_attribution(
     task: Task,
     store_path: str | Path,
-    num_samples: int,
+    num_samples: int | None,
     sample_seed: bytes,
     method: str = "auto",
     progress: bool = True,
     pool: Any | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> tuple[Attribution, PrecomputeReport]:
-    """Retrain ``num_samples`` seeded B_p subsets (resumably, via the store) and fit a datamodel.
+    """Retrain ``num_samples`` seeded B_p subsets (resumably, via the store) and fit a datamodel;
+    ``None`` means :func:`default_num_samples` for the task and method, and anything below 1 is a
+    ``ValueError``.
 
     Guarantees: the subsets and seeds are a pure function of ``sample_seed``; finished retrainings
     are stored as they complete, so a restarted prover redoes none of them. The returned
     attribution keeps its training set so sessions can refit with their challenge retrainings.
     Returns the attribution and the run's report (how many samples were retrained and reused).
     """
+    if num_samples is None:
+        num_samples = default_num_samples(task, method)
+    if num_samples < 1:
+        raise ValueError(f"samples must be positive, got {num_samples}")
     store = ResultStore(store_path)
     run = precompute(
         task, store, num_samples, sample_seed, batch_size=batch_size, progress=progress,

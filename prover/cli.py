@@ -163,15 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _attribution(  # type: ignore[no-untyped-def]
     args: argparse.Namespace, task: object, batch_size: int = DEFAULT_BATCH_SIZE
 ):
-    from prover.attribution import default_num_samples, fit_attribution
+    from prover.attribution import fit_attribution
 
-    samples = (
-        args.samples if args.samples is not None else default_num_samples(task, args.method)  # type: ignore[arg-type]
-    )
     return fit_attribution(
         task,  # type: ignore[arg-type]
         args.store,
-        samples,
+        args.samples,
         args.sample_seed,
         method=args.method,
         progress=not args.no_progress,

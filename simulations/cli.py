@@ -49,7 +49,6 @@ QUICK_GRID: dict[str, tuple[float, ...]] = {
 QUICK_SIZES = {"pairs": 10_000, "spot_checks": 64, "mse_samples": 4_000, "trials": 2}
 #: Lies the targeted adversary spends in a sweep (it cannot see the verifier's m*).
 SWEEP_LIES = 64
-REAL_EPSILON = 0.01
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -189,14 +188,11 @@ def _serve(args: argparse.Namespace) -> int:
     m_star = SWEEP_LIES if args.lie_allowance is None else args.lie_allowance
     context = AttackContext(epsilon=args.epsilon, lie_allowance=m_star, seed=args.seed)
     if args.store is not None:
-        from prover.attribution import default_num_samples, fit_attribution
+        from prover.attribution import fit_attribution
         from prover.precompute import DEFAULT_SAMPLE_SEED
 
-        samples = (
-            args.samples if args.samples is not None else default_num_samples(task, args.method)
-        )
         attribution, _ = fit_attribution(
-            task, args.store, samples, DEFAULT_SAMPLE_SEED, method=args.method,
+            task, args.store, args.samples, DEFAULT_SAMPLE_SEED, method=args.method,
             progress=not args.no_progress,
         )  # fmt: skip
     else:

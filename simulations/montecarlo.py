@@ -113,19 +113,6 @@ class SupportEvaluator:
                        self.task.fhat_empty.astype(np.float64), out)  # fmt: skip
         return out
 
-    def _parity_numpy(self, masks: np.ndarray) -> np.ndarray:
-        """p = 1/2: φ_T(x) = Π(2x_i − 1) = (−1)^|T|·(1 − 2·(x_{i1} ⊕ … ⊕ x_{ik})), so each level
-        is (−1)^k·(Σ w − 2·X_k w) with X_k the XOR of the term's bits (exact up to sum order)."""
-        t = self.task
-        f = np.broadcast_to(t.fhat_empty, (masks.shape[0], t.num_targets)).copy()
-        for cols, w in zip(self.columns, self.weights, strict=True):
-            bits = masks[:, cols[:, 0]]
-            for d in range(1, cols.shape[1]):
-                bits = bits ^ masks[:, cols[:, d]]
-            sign = -1.0 if cols.shape[1] % 2 else 1.0
-            f += sign * (w.sum(axis=0) - 2.0 * (bits.astype(np.float64) @ w))
-        return f
-
 
 def _flatten_terms(task: SyntheticTask) -> tuple[np.ndarray, ...]:
     """Every term of every target as flat arrays: its support columns (concatenated, with

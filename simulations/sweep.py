@@ -19,7 +19,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -415,8 +415,3 @@ def run_sweep(
         interrupted=interrupted,
         pending=len(cells) - len(records),
     )
-
-
-def with_trials(config: SweepConfig, trials: int) -> SweepConfig:
-    """A copy of ``config`` with another number of trials."""
-    return replace(config, trials=trials)

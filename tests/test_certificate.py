@@ -18,7 +18,7 @@ from protocol.accounting import plan_manual
 from protocol.rules.base import CheckMode
 from protocol.tasks.synthetic import SyntheticTask
 from prover.strategy import Attribution, HonestStrategy
-from simulations.cheats import ScaleCheat
+from simulations.adversaries import Scale
 from simulations.inprocess import InProcessTransport
 from verifier import cli
 from verifier.audit import audit_file
@@ -233,7 +233,7 @@ def test_papers_rule_inconclusive_certificate_holds_and_says_so(tmp_path) -> Non
 
 def test_rejected_run_certificate_holds(tmp_path) -> None:
     key = load_or_create_key(tmp_path / "k" / "verifier.key")
-    session, result = _run(ScaleCheat(TASK, _exact(), -0.3))
+    session, result = _run(Scale(TASK, _exact(), -0.3))
     assert result.verdict == "reject"
     path = write_certificate(tmp_path / "rej.json", build_certificate(result, session, key))
     assert _audit_rc(path) == 0

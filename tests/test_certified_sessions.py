@@ -12,7 +12,7 @@ from protocol.rules.base import CheckMode
 from protocol.tasks import load_task
 from prover.session import ProtocolFault, ProverSession
 from prover.strategy import Attribution, HonestStrategy
-from simulations.cheats import ScaleCheat
+from simulations.adversaries import Scale
 from simulations.inprocess import InProcessTransport
 from verifier.driver import run_protocol
 from verifier.planning import PlanOptions, make_verifier_plan
@@ -81,7 +81,7 @@ def test_honest_claim_is_accepted_with_its_guarantee(attribution) -> None:
 
 
 def test_scaled_claim_is_rejected_with_certified_checks(attribution) -> None:
-    result = _practical(ScaleCheat(TASK, attribution, 0.5))
+    result = _practical(Scale(TASK, attribution, 0.5))
     assert result.verdict == "reject", result.reason
     assert result.exit_code == 1
     d = result.details

@@ -108,12 +108,12 @@ def test_a_prover_foreseeing_its_reject_under_certified_checks_gains_nothing_by_
     the verdict before the verifier does. Halving its claim and aborting at the first
     SupplyModels call (when it would see the reject coming) still ends in a reject."""
     from protocol.tasks import load_task
-    from simulations.cheats import ScaleCheat
+    from simulations.adversaries import Scale
 
     task = load_task("digits-logreg:z=2")
     plan, checks = make_verifier_plan(PlanOptions(epsilon_rel=0.1), task)
     assert checks.certified
-    cheat = ScaleCheat(task, digits_z2_attribution, 0.5)
+    cheat = Scale(task, digits_z2_attribution, 0.5)
     transport = AbortingTransport(InProcessTransport(task, cheat), "supply_models")
     result = run_protocol(VerifierSession(task, plan, checks=checks), transport)
     assert (result.verdict, result.exit_code) == ("reject", 1), result.reason
@@ -156,11 +156,11 @@ def test_a_claim_with_tiny_coefficients_gets_a_verdict_not_an_error(
     claim of near-zero coefficients (a → 1e-6·a, err ≈ B₁ ≈ Var f) ended in error (exit 2), a
     retry, instead of a reject. It is now checked against R·Var f once that is estimated."""
     from protocol.tasks import load_task
-    from simulations.cheats import ScaleCheat
+    from simulations.adversaries import Scale
 
     task = load_task("digits-logreg:z=2")
     plan, checks = make_verifier_plan(PlanOptions(epsilon_rel=0.1), task)
-    cheat = ScaleCheat(task, digits_z2_attribution, 1e-6)
+    cheat = Scale(task, digits_z2_attribution, 1e-6)
     result = run_protocol(
         VerifierSession(task, plan, checks=checks), InProcessTransport(task, cheat)
     )

@@ -15,7 +15,7 @@ from protocol.rules.base import CheckMode
 from protocol.tasks.synthetic import SyntheticTask
 from prover.session import ProtocolFault, ProverSession
 from prover.strategy import Attribution, HonestStrategy
-from simulations.cheats import FabricateCheat, ScaleCheat
+from simulations.adversaries import Lazy, Scale
 from simulations.inprocess import InProcessTransport
 from verifier.driver import run_protocol
 from verifier.session import Rejection, VerificationError, VerifierSession
@@ -98,14 +98,14 @@ def test_honest_exact_datamodel_run_is_decided_and_transcripts_agree() -> None:
 
 def test_scaled_attribution_is_rejected_by_the_papers_rule() -> None:
     verifier = VerifierSession(TASK, _plan())
-    transport = InProcessTransport(TASK, ScaleCheat(TASK, _exact_attribution(), 0.0))
+    transport = InProcessTransport(TASK, Scale(TASK, _exact_attribution(), 0.0))
     result = run_protocol(verifier, transport)
     assert result.verdict == "reject"
     assert "target" in result.reason
 
 
 def test_fabricated_values_fail_a_spot_check() -> None:
-    prover, verifier = _ready(FabricateCheat(TASK, _exact_attribution(), 0.5))
+    prover, verifier = _ready(Lazy(TASK, _exact_attribution(), 0.5))
     with pytest.raises(Rejection, match="spot check failed"):
         _open(prover, verifier)
 

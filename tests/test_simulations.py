@@ -15,8 +15,7 @@ import pytest
 from protocol.tasks.synthetic import SyntheticTask
 from prover.strategy import Attribution
 from simulations import cli
-from simulations.adversaries import ADVERSARIES, AttackContext, favoured_group, make_adversary
-from simulations.cheats import CHEATS, FabricateCheat, ScaleCheat, make_cheat, parse_cheat
+from simulations.adversaries import AttackContext, favoured_group, make_adversary
 from simulations.inprocess import InProcessTransport
 from simulations.sweep import CellSpec, SweepConfig, run_sweep, wilson_interval
 from verifier.driver import run_protocol
@@ -80,16 +79,23 @@ def test_answer_adversaries_keep_the_honest_err() -> None:
         assert adv.true_err() == pytest.approx(0.0, abs=1e-20), name
 
 
-def test_cheats_module_keeps_its_public_names() -> None:
-    assert parse_cheat("scale:0.5") == ("scale", 0.5)
-    assert parse_cheat("fabricate:0.3") == ("fabricate", 0.3)
-    assert isinstance(make_cheat("scale", 0.5, TASK, EXACT), ScaleCheat)
-    assert isinstance(make_cheat("fabricate", 0.3, TASK, EXACT), FabricateCheat)
-    assert set(ADVERSARIES) <= set(CHEATS)
-    with pytest.raises(ValueError, match="unknown cheat"):
-        parse_cheat("nope:1")
+def test_adversaries_by_name_alias_and_strength() -> None:
+    from simulations.adversaries import Lazy, Scale
+
+    _adversary_spec = cli._adversary_spec
+    assert _adversary_spec("scale:0.5", None) == ("scale", 0.5)
+    assert _adversary_spec("fabricate:0.3", None) == ("lazy", 0.3)
+    assert _adversary_spec("scale", 0.25) == ("scale", 0.25)
+    assert isinstance(make_adversary("scale", 0.5, TASK, EXACT), Scale)
+    assert isinstance(make_adversary("fabricate", 0.3, TASK, EXACT), Lazy)
+    with pytest.raises(ValueError, match="unknown adversary"):
+        _adversary_spec("nope:1", None)
+    with pytest.raises(ValueError, match="needs a strength"):
+        _adversary_spec("scale", None)
+    with pytest.raises(ValueError, match="once"):
+        _adversary_spec("scale:0.5", 0.5)
     with pytest.raises(ValueError, match="fraction"):
-        make_cheat("fabricate", 1.5, TASK, EXACT)
+        make_adversary("fabricate", 1.5, TASK, EXACT)
 
 
 def test_wilson_interval() -> None:
