@@ -190,6 +190,33 @@ def miss_probability(num_members: int, lies: int, k: int) -> float:
     return min(1.0, math.exp(log_p))
 
 
+#: Within this distance (in log space) of log δ_spot, a miss probability is decided exactly.
+_LGAMMA_MARGIN = 1e-4
+
+
+def miss_at_most(num_members: int, lies: int, k: int, delta_spot: float) -> bool:
+    """``miss_probability(num_members, lies, k) <= delta_spot``, the same answer, faster.
+
+    Far from the boundary it compares the ``math.lgamma`` form of log C(|E|−m,k)/C(|E|,k) with
+    log δ_spot, with a margin of 1e-4 plus 1e-13·lgamma(|E| + 1) (its four terms are each good to a
+    few ulps); within the margin it decides on the exact product, so the answer is the exact one.
+    """
+    e, m, kk = int(num_members), int(lies), int(k)
+    if m == 0 or kk == 0 or m > e - kk or min(m, kk) < 64:
+        return miss_probability(e, m, kk) <= delta_spot
+    approx = (
+        math.lgamma(e - m + 1)
+        + math.lgamma(e - kk + 1)
+        - math.lgamma(e - m - kk + 1)
+        - math.lgamma(e + 1)
+    )
+    log_ds = math.log(delta_spot)
+    # the terms are up to lgamma(|E| + 1); a few ulps of each is far below 1e-13 of it
+    if abs(approx - log_ds) > _LGAMMA_MARGIN + 1e-13 * math.lgamma(e + 1):
+        return approx <= log_ds
+    return miss_probability(e, m, kk) <= delta_spot
+
+
 def lie_allowance(num_members: int, k: int, delta_spot: float) -> int:
     """m*: the most lies that k spot checks may miss with probability > δ_spot.
 
@@ -208,7 +235,7 @@ def lie_allowance(num_members: int, k: int, delta_spot: float) -> int:
     lo, hi = 1, e - kk + 1  # miss(hi) == 0 <= ds
     while lo < hi:
         mid = (lo + hi) // 2
-        if miss_probability(e, mid, kk) <= ds:
+        if miss_at_most(e, mid, kk, ds):
             hi = mid
         else:
             lo = mid + 1
@@ -228,7 +255,7 @@ def spot_checks_needed(num_members: int, max_lies_allowed: int, delta_spot: floa
     hi = min(hi, e)
     while lo < hi:
         mid = (lo + hi) // 2
-        if miss_probability(e, m, mid) <= ds:
+        if miss_at_most(e, m, mid, ds):
             hi = mid
         else:
             lo = mid + 1

@@ -79,6 +79,20 @@ def test_lie_allowance_definition(e, k_frac, delta):
         assert miss_probability(e, m_star, k) > delta
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(100, 10**8), st.floats(1e-5, 0.3), st.floats(1e-5, 0.3),
+       st.sampled_from([1 - 1e-9, 1.0, 1 + 1e-9, 0.5, 2.0]))  # fmt: skip
+def test_miss_at_most_is_the_exact_comparison(e, m_frac, k_frac, scale):
+    """The lgamma shortcut gives the exact answer, also at δ_spot equal to the miss probability
+    itself and a hair either side of it."""
+    m, k = max(1, int(m_frac * e)), max(1, int(k_frac * e))
+    assume(m + k <= e)
+    p = miss_probability(e, m, k)
+    assume(p > 1e-300)
+    ds = min(p * scale, 0.999)
+    assert accounting.miss_at_most(e, m, k, ds) == (p <= ds)
+
+
 def test_lie_allowance_edges():
     assert lie_allowance(10, 10, 0.1) == 0
     assert lie_allowance(10, 0, 0.1) == 10
