@@ -23,6 +23,7 @@ from protocol.rules.by_name import rule_for
 from protocol.rules.practical import (
     DEFAULT_MSE_CAP,
     DEFAULT_TUPLE_CAP,
+    MSE_BET_CAP,
     PILOT_LEVELS,
     PILOT_MAX_TUPLES,
     PILOT_TUPLES,
@@ -157,7 +158,8 @@ def predict_practical(task: Task, plan: PracticalPlan, claim: Any = None) -> dic
 
     def enough(m: int) -> bool:
         lam = bet_size(d_mse, m, mse_sd**2 + 1e-30)
-        return bool(np.all(predicted_gap(m, mse_sd, mse_range - mse, d_mse, lam) <= target))
+        gap = predicted_gap(m, mse_sd, mse_range - mse, d_mse, lam, cap=MSE_BET_CAP)
+        return bool(np.all(gap <= target))
 
     m1 = plan.mse_cap
     lo, hi = 1, plan.mse_cap
